@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each sets itself up.
+SHELL := /bin/bash
+RUN := source scripts/env.sh &&
+
+.PHONY: setup demo test test-fast bench ray-up ray-down airflow clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@$(RUN) bash scripts/demo.sh
+
+test: setup
+	@$(RUN) python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: setup
+	@$(RUN) bash scripts/bench.sh
+
+ray-up: setup
+	@$(RUN) bash scripts/ray_local.sh up
+
+ray-down:
+	@$(RUN) bash scripts/ray_local.sh down
+
+airflow: setup
+	@$(RUN) bash scripts/airflow_standalone.sh
+
+clean:
+	rm -rf data .airflow bench/results/*.json

@@ -1,0 +1,164 @@
+"""Dataset spec: what the raw data is, loaded from `include/datasets/<name>.yaml`.
+
+Code never hard-codes column names; it asks the spec. The spec is parsed by pydantic into
+frozen objects, so a bad file fails with the file, the field and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+FileFormat = Literal["csv", "jsonl", "parquet"]
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class SpecError(ValueError):
+    """A dataset spec that cannot be used; the message names file, field and expectation."""
+
+
+class EventsSpec(BaseModel):
+    """A daily interaction log: one row per event."""
+
+    model_config = _FROZEN
+    format: FileFormat = "csv"
+    timestamp: str = Field(min_length=1)
+    # How the timestamp is written: a datetime, a date `YYYY-MM-DD`, or a date `YYYYMMDD`.
+    timestamp_kind: Literal["datetime", "date", "yyyymmdd"] = "datetime"
+    type: str | None = None
+    value: str | None = None
+    windows_days: tuple[int, ...] = (7, 30, 90)
+
+    @model_validator(mode="after")
+    def _windows_sorted_positive(self) -> EventsSpec:
+        if not self.windows_days or any(w <= 0 for w in self.windows_days):
+            raise ValueError("windows_days must be a non-empty list of positive day counts")
+        if list(self.windows_days) != sorted(set(self.windows_days)):
+            raise ValueError("windows_days must be strictly increasing, e.g. [7, 30, 90]")
+        return self
+
+    @property
+    def longest_window(self) -> int:
+        """The widest feature window, which decides how many raw days a feature day reads."""
+        return self.windows_days[-1]
+
+
+class CustomersSpec(BaseModel):
+    """A daily snapshot of the customers alive on that day, one row per customer."""
+
+    model_config = _FROZEN
+    format: FileFormat = "csv"
+    signup: str | None = None
+    categorical: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+
+
+class LabelSpec(BaseModel):
+    """How churn is defined for the day ds, looking only at (ds, ds + horizon]."""
+
+    model_config = _FROZEN
+    kind: Literal["inactivity", "event", "column"]
+    horizon_days: int = Field(ge=0)
+    event_type: str | None = None
+    column: str | None = None
+    positive: tuple[str, ...] = ("1", "true", "True", "yes", "Yes")
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> LabelSpec:
+        if self.kind == "event" and not self.event_type:
+            raise ValueError("label kind 'event' needs event_type")
+        if self.kind == "column" and not self.column:
+            raise ValueError("label kind 'column' needs column")
+        if self.kind != "column" and self.horizon_days == 0:
+            raise ValueError(f"label kind '{self.kind}' needs horizon_days >= 1")
+        return self
+
+
+class ModelSpec(BaseModel):
+    """Training and promotion settings of the model trained on this data set."""
+
+    model_config = _FROZEN
+    name: str = Field(default="churn_xgb", pattern=r"^[A-Za-z0-9_\-]+$")
+    refit_on_full: bool = False
+    gate_tolerance: float = Field(default=0.005, ge=0)
+    gate_floor_auc: float = Field(default=0.6, ge=0, le=1)
+    train_days: int = Field(default=14, ge=1)
+
+
+class ValidationSpec(BaseModel):
+    """Limits on rejected raw rows before a day is failed rather than quarantined."""
+
+    model_config = _FROZEN
+    max_reject_rate: float = Field(default=0.01, ge=0, le=1)
+
+
+class DatasetSpec(BaseModel):
+    """The whole spec of one data set."""
+
+    model_config = _FROZEN
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    id_column: str = Field(min_length=1)
+    events: EventsSpec | None = None
+    customers: CustomersSpec | None = None
+    label: LabelSpec
+    model: ModelSpec = ModelSpec()
+    validation: ValidationSpec = ValidationSpec()
+
+    @model_validator(mode="after")
+    def _tables_fit_label(self) -> DatasetSpec:
+        if self.events is None and self.customers is None:
+            raise ValueError("declare at least one of 'events' or 'customers'")
+        if self.label.kind in ("inactivity", "event") and self.events is None:
+            raise ValueError(f"label kind '{self.label.kind}' needs an 'events' table")
+        if self.label.kind == "event" and self.events and not self.events.type:
+            raise ValueError("label kind 'event' needs events.type")
+        if self.label.kind == "column" and self.customers is None:
+            raise ValueError("label kind 'column' needs a 'customers' table")
+        return self
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The raw tables this spec declares, in a fixed order."""
+        return tuple(t for t in ("events", "customers") if getattr(self, t) is not None)
+
+    @property
+    def max_lookback_days(self) -> int:
+        """How many days before ds (inclusive of ds: this plus one) features read."""
+        return self.events.longest_window - 1 if self.events else 0
+
+
+def load_spec(path: str | Path) -> DatasetSpec:
+    """Load and validate a dataset spec file.
+
+    Args:
+        path: the YAML file.
+
+    Returns:
+        The frozen spec.
+
+    Raises:
+        SpecError: the file is missing, not YAML, or breaks the schema (message names the field).
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpecError(f"{path}: cannot read dataset spec: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return DatasetSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SpecError(f"{path}: invalid dataset spec: {problems}") from exc
+
+
+def dump_spec(spec: DatasetSpec) -> str:
+    """Serialise a spec back to YAML (round-trips through `load_spec`)."""
+    return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)

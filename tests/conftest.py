@@ -1,0 +1,47 @@
+"""Shared fixtures: one real local SparkSession and one real local Ray head per test session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SPEC_PATH = REPO_ROOT / "include" / "datasets" / "synthetic.yaml"
+
+# Spark workers must run this venv's python (the system one lacks pandas), on loopback.
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+for _path in (REPO_ROOT, REPO_ROOT / "plugins"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """A local SparkSession shared by the whole test session (start-up costs 10+ s)."""
+    from churn.spark import build_session
+
+    session = build_session("churn-tests", master="local[2]")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """A real local Ray head with token auth on free ports, stopped after the session."""
+    from tests.support.ray_head import start_ray_head
+
+    head = start_ray_head(num_cpus=2)
+    yield head
+    head.stop()
+
+
+@pytest.fixture(scope="session")
+def spec_path() -> Path:
+    """The synthetic data set's spec file."""
+    return SPEC_PATH

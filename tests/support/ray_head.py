@@ -1,0 +1,125 @@
+"""A real local Ray head for tests: its own ports and temp dir, stopped by process group.
+
+`ray stop` would kill every Ray on the machine (a developer's demo head included), so the
+fixture runs `ray start --head --block` in a new process group and terminates only that group.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RayHead:
+    """A running head: the Jobs API address, the GCS address and the token clients need."""
+
+    process: subprocess.Popen
+    dashboard_url: str
+    gcs_address: str
+    token: str
+    temp_dir: str
+
+    def client_env(self) -> dict[str, str]:
+        """Environment a Ray client (driver or job submitter) needs for this head."""
+        return {"RAY_ADDRESS": self.gcs_address, "RAY_AUTH_MODE": "token"}
+
+    def stop(self, grace_s: float = 20) -> None:
+        """Terminate the head's process group; SIGKILL whatever outlives the grace period."""
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        stop_at = time.monotonic() + grace_s
+        while time.monotonic() < stop_at and _group_alive(self.process.pid):
+            self.process.poll()
+            time.sleep(0.2)
+        if _group_alive(self.process.pid):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of a process group is still running."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    listed = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True)
+    return bool(listed.stdout.split())
+
+
+def _read_token() -> str:
+    return (Path.home() / ".ray" / "auth_token").read_text().strip()
+
+
+def _wait_for_jobs_api(head: RayHead, deadline_s: float) -> None:
+    """Poll the Jobs API until it answers (readiness, bounded by a deadline)."""
+    import requests
+
+    stop_at = time.monotonic() + deadline_s
+    last_error: Exception | None = None
+    while time.monotonic() < stop_at:
+        if head.process.poll() is not None:
+            raise RuntimeError(f"ray head exited early with code {head.process.returncode}")
+        try:
+            reply = requests.get(
+                f"{head.dashboard_url}/api/jobs/",
+                headers={"Authorization": f"Bearer {head.token}"},
+                timeout=2,
+            )
+            if reply.status_code == 200:
+                return
+            last_error = RuntimeError(f"HTTP {reply.status_code}: {reply.text[:200]}")
+        except requests.RequestException as exc:
+            last_error = exc
+        time.sleep(0.5)
+    raise TimeoutError(f"Ray Jobs API at {head.dashboard_url} not ready: {last_error}")
+
+
+def start_ray_head(num_cpus: int = 2, ready_timeout_s: float = 120) -> RayHead:
+    """Start a Ray head with token auth on free local ports and wait for its Jobs API.
+
+    Args:
+        num_cpus: CPUs the head advertises.
+        ready_timeout_s: how long to wait for the Jobs API.
+
+    Returns:
+        The running head; call `stop()` when done.
+    """
+    gcs_port, dashboard_port = free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=False,
+                   capture_output=True)
+    process = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", f"--port={gcs_port}",
+         f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1",
+         "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
+         "--disable-usage-stats"],
+        env=env, start_new_session=True,
+        stdout=open(Path(temp_dir) / "head.out", "wb"), stderr=subprocess.STDOUT,
+    )
+    head = RayHead(process, f"http://127.0.0.1:{dashboard_port}", f"127.0.0.1:{gcs_port}",
+                   _read_token(), temp_dir)
+    try:
+        _wait_for_jobs_api(head, ready_timeout_s)
+    except BaseException:
+        head.stop()
+        raise
+    return head
