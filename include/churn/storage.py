@@ -118,6 +118,10 @@ class Layout:
         """`runs/ds=…/manifest.json`: counts, checksums, timings, versions of one day's run."""
         return self.partition("runs", ds) + "/manifest.json"
 
+    def run_fragment(self, ds: str, step: str) -> str:
+        """`runs/ds=…/<step>.json`: one step's part of the manifest (merged by the publish step)."""
+        return self.partition("runs", ds) + f"/{validate_name(step, 'step')}.json"
+
     def models(self, model_name: str) -> str:
         """`models/<name>`: every version of a model plus `champion.json`."""
         return self._join("models", validate_name(model_name, "model name"))

@@ -1,0 +1,1 @@
+"""Airflow extensions of the churn pipeline."""
