@@ -29,6 +29,9 @@ class EventsSpec(BaseModel):
     # How the timestamp is written: a datetime, a date `YYYY-MM-DD`, or a date `YYYYMMDD`.
     timestamp_kind: Literal["datetime", "date", "yyyymmdd"] = "datetime"
     type: str | None = None
+    # The event types that get their own feature columns (a fixed schema every day); others
+    # count only in the totals. Empty: taken from the data of each run (schema may then drift).
+    types: tuple[str, ...] = ()
     value: str | None = None
     windows_days: tuple[int, ...] = (7, 30, 90)
 

@@ -102,6 +102,11 @@ def start_ray_head(num_cpus: int = 2, ready_timeout_s: float = 120) -> RayHead:
         The running head; call `stop()` when done.
     """
     gcs_port, dashboard_port = free_port(), free_port()
+    # Agent/metrics ports default to fixed numbers (52365, ...): a second head on the machine
+    # (another test session, the demo head) would then have no job agent ("No available agent").
+    side_ports = [f"--{name}={free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "metrics-export-port", "ray-client-server-port")]
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
     ray_bin = str(Path(sys.executable).with_name("ray"))
@@ -111,7 +116,7 @@ def start_ray_head(num_cpus: int = 2, ready_timeout_s: float = 120) -> RayHead:
         [ray_bin, "start", "--head", "--block", f"--port={gcs_port}",
          f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1",
          "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
-         "--disable-usage-stats"],
+         "--disable-usage-stats", *side_ports],
         env=env, start_new_session=True,
         stdout=open(Path(temp_dir) / "head.out", "wb"), stderr=subprocess.STDOUT,
     )

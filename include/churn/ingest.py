@@ -1,0 +1,498 @@
+"""Reading and validating raw daily partitions against the dataset spec.
+
+Raw files are read with every column as a string (types come from the spec, never inferred), so
+`00042` stays `00042` and a bad value becomes a quarantined row instead of a failed cast. Each
+row keeps the file it came from (`_file`) and its partition day (`_ds`). `validate` tags each row
+with the first reason it breaks (or none), drops exact duplicates and returns the typed valid rows,
+the rejected rows and per-day counts where `rows_in == rows_out + rows_rejected` always holds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pyarrow.fs as pafs
+
+from churn.spec import DatasetSpec
+from churn.storage import Layout, ds_range, filesystem, shift_ds
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+CORRUPT = "_corrupt_record"
+FILE = "_file"
+DS = "_ds"
+REASON = "reason"
+COPIES = "_copies"
+MALFORMED, NULL_ID, BAD_TIMESTAMP = "malformed_row", "null_id", "bad_timestamp"
+OUTSIDE_DAY, BAD_NUMBER, BAD_DATE = "outside_partition_day", "bad_number", "bad_date"
+NULL_TYPE, DUPLICATE_ROW, DUPLICATE_ID = "null_event_type", "duplicate_row", "duplicate_id"
+REASONS = (MALFORMED, NULL_ID, BAD_TIMESTAMP, OUTSIDE_DAY, BAD_NUMBER, BAD_DATE, NULL_TYPE,
+           DUPLICATE_ROW, DUPLICATE_ID)
+_TIMESTAMP_FORMATS = {"date": "yyyy-MM-dd", "yyyymmdd": "yyyyMMdd"}
+_EXTENSIONS = {"csv": ".csv", "jsonl": ".jsonl", "parquet": ".parquet"}
+
+
+class IngestError(RuntimeError):
+    """Raw data that cannot be turned into features; the message names table, day or file."""
+
+
+class MissingColumnError(IngestError):
+    """A raw file lacks a column the spec requires."""
+
+
+class MissingPartitionError(IngestError):
+    """A raw day partition the job needs does not exist."""
+
+
+class RejectRateError(IngestError):
+    """More rows of a day were rejected than the spec's `validation.max_reject_rate` allows."""
+
+
+@dataclass
+class DayCounts:
+    """Validation counts of one table on one day."""
+
+    rows_in: int = 0
+    rows_out: int = 0
+    rows_rejected: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def reject_rate(self) -> float:
+        """Rejected ÷ read (0 for an empty day)."""
+        return self.rows_rejected / self.rows_in if self.rows_in else 0.0
+
+    def as_dict(self) -> dict:
+        """The JSON form written to the run fragment."""
+        return {"rows_in": self.rows_in, "rows_out": self.rows_out,
+                "rows_rejected": self.rows_rejected, "reasons": dict(sorted(self.reasons.items())),
+                "empty": self.rows_in == 0}
+
+
+@dataclass
+class Validated:
+    """The outcome of validating one table: typed valid rows, rejected rows, counts per day."""
+
+    valid: DataFrame
+    rejected: DataFrame
+    counts: dict[str, DayCounts]
+    cached: DataFrame | None = None
+
+    def release(self) -> None:
+        """Drop the cached intermediate rows (call when the outputs are written)."""
+        if self.cached is not None:
+            self.cached.unpersist()
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """Which days a run computes and which raw partitions it reads for them."""
+
+    feature_days: list[str]
+    label_days: list[str]
+    read_days: dict[str, list[str]]
+    missing: dict[str, list[str]]
+
+
+def plan_reads(spec: DatasetSpec, start: str, end: str,
+               available: dict[str, list[str]]) -> ReadPlan:
+    """Plan a run over the feature days [start, end] (pure: no I/O).
+
+    Features for D read events of [D - longest window + 1, D]. Labels are computed for every day
+    L of [start - horizon, end] whose horizon has matured (L + horizon <= the newest raw day of
+    the table the label looks at) and which is not before the first delivered day; they read
+    events of (L, L + horizon] (kinds inactivity/event) or the snapshot of L + horizon (column).
+    Days before a table's first delivered day are not needed (the data starts there).
+
+    Args:
+        spec: the dataset spec.
+        start: first feature day.
+        end: last feature day.
+        available: the existing raw partitions per table (`list_partitions`).
+
+    Returns:
+        The plan; `missing` lists needed days that have no partition, per table.
+    """
+    horizon, pop_table = spec.label.horizon_days, "customers" if spec.customers else "events"
+    label_table = "customers" if spec.label.kind == "column" else "events"
+    feature_days = ds_range(start, end)
+    newest = max(available.get(label_table) or [""])
+    first = min(available.get(pop_table) or [start])
+    label_days = [d for d in ds_range(shift_ds(start, -horizon), end)
+                  if d >= first and shift_ds(d, horizon) <= newest]
+    needed = {t: set() for t in spec.tables}
+    for day in feature_days:
+        _add_population_days(needed, spec, day, with_window=True)
+    for day in label_days:
+        _add_population_days(needed, spec, day, with_window=spec.customers is None)
+        if label_table == "customers":
+            needed["customers"].add(shift_ds(day, horizon))
+        else:
+            needed["events"].update(ds_range(shift_ds(day, 1), shift_ds(day, horizon)))
+    read, missing = {}, {}
+    for table, days in needed.items():
+        have = set(available.get(table, []))
+        floor = min(have) if have else ""
+        wanted = sorted(d for d in days if d >= floor or d in feature_days)
+        read[table] = [d for d in wanted if d in have]
+        missing[table] = [d for d in wanted if d not in have]
+    return ReadPlan(feature_days, label_days, read, missing)
+
+
+def _add_population_days(needed: dict[str, set], spec: DatasetSpec, day: str,
+                         with_window: bool) -> None:
+    """Add the raw days one day's population (and, with `with_window`, its features) reads."""
+    if spec.events and with_window:
+        needed["events"].update(ds_range(shift_ds(day, 1 - spec.events.longest_window), day))
+    if spec.customers:
+        needed["customers"].add(day)
+
+
+def check_missing(plan: ReadPlan, allow_missing: bool) -> None:
+    """Fail on needed raw partitions that do not exist, unless they are allowed to be missing.
+
+    Raises:
+        MissingPartitionError: naming each table and its missing days.
+    """
+    gaps = {t: days for t, days in plan.missing.items() if days}
+    if gaps and not allow_missing:
+        listed = "; ".join(f"raw/{t}: {', '.join(days)}" for t, days in sorted(gaps.items()))
+        raise MissingPartitionError(
+            f"missing raw partition(s) {listed} (pass --allow-missing to treat them as empty)")
+
+
+def table_columns(spec: DatasetSpec, table: str) -> list[str]:
+    """The raw columns the spec requires of a table, in a fixed order (id first).
+
+    Args:
+        spec: the dataset spec.
+        table: `events` or `customers`.
+
+    Returns:
+        Column names; every one must be present in every file of the table.
+    """
+    if table == "events":
+        ev = spec.events
+        cols = [ev.timestamp, ev.type, ev.value]
+    else:
+        cu = spec.customers
+        label_col = spec.label.column if spec.label.kind == "column" else None
+        cols = [cu.signup, *cu.categorical, *cu.numeric, label_col]
+    return list(dict.fromkeys([spec.id_column, *(c for c in cols if c)]))
+
+
+def table_format(spec: DatasetSpec, table: str) -> str:
+    """The file format (`csv`, `jsonl`, `parquet`) the spec declares for a table."""
+    return getattr(spec, table).format
+
+
+def list_data_files(partition_uri: str) -> list[str] | None:
+    """The data files of one raw partition (hidden `_`/`.` files skipped), or None when absent."""
+    fs, path = filesystem(partition_uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    names = [i for i in infos if i.type == pafs.FileType.File and not i.base_name[0] in "_."]
+    prefix = partition_uri.rstrip("/")
+    return sorted(f"{prefix}/{i.base_name}" for i in names)
+
+
+def file_columns(uri: str, fmt: str) -> list[str]:
+    """The column names a raw file declares: CSV header, first JSON line's keys, Parquet schema."""
+    fs, path = filesystem(uri)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        with fs.open_input_file(path) as src:
+            return list(pq.read_schema(src).names)
+    with fs.open_input_stream(path) as src:
+        first = src.read(1 << 16).decode("utf-8", errors="replace").splitlines()
+    if not first or not first[0].strip():
+        return []
+    if fmt == "jsonl":
+        return list(json.loads(first[0]).keys())
+    import csv
+
+    return [c.strip() for c in next(csv.reader([first[0]]))]
+
+
+def check_columns(uri: str, fmt: str, required: Iterable[str]) -> list[str]:
+    """Check a raw file has every required column; returns the file's columns.
+
+    Raises:
+        MissingColumnError: naming the file and the missing column(s).
+    """
+    present = file_columns(uri, fmt)
+    if not present:
+        return present
+    missing = [c for c in required if c not in present]
+    if missing:
+        raise MissingColumnError(f"{uri}: required column(s) {', '.join(missing)} missing "
+                                 f"(file has: {', '.join(present)})")
+    return present
+
+
+def collect_files(layout: Layout, spec: DatasetSpec, table: str,
+                  days: Iterable[str]) -> dict[str, list[str]]:
+    """The data files of each needed day that exists (missing days are left out)."""
+    files = {}
+    for ds in days:
+        found = list_data_files(layout.raw(table, ds))
+        if found is not None:
+            files[ds] = found
+    return files
+
+
+def read_raw(spark: SparkSession, spec: DatasetSpec, table: str,
+             files: dict[str, list[str]]) -> DataFrame:
+    """Read raw files as all-string columns plus `_corrupt_record`, `_file` and `_ds`.
+
+    Every file's columns are checked first, so a missing required column fails at once naming
+    the file. CSV files are grouped by header (column order may differ between deliveries).
+
+    Args:
+        spark: the session.
+        spec: the dataset spec.
+        table: `events` or `customers`.
+        files: data files per day, e.g. from `collect_files`.
+
+    Returns:
+        Columns `table_columns(spec, table)` (strings), `_corrupt_record`, `_file`, `_ds`.
+    """
+    from pyspark.sql import functions as F
+
+    fmt, cols = table_format(spec, table), table_columns(spec, table)
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for uri in (u for day in sorted(files) for u in files[day]):
+        header = check_columns(uri, fmt, cols)
+        if header:
+            groups.setdefault(tuple(header) if fmt == "csv" else (), []).append(uri)
+    frames = [_read_group(spark, fmt, list(header) or cols, uris).select(*cols, CORRUPT, FILE)
+              for header, uris in groups.items()]
+    if not frames:
+        return spark.createDataFrame([], _string_schema([*cols, CORRUPT, FILE, DS]))
+    frame = frames[0]
+    for other in frames[1:]:
+        frame = frame.unionByName(other)
+    return frame.select(*cols, CORRUPT, FILE, _partition_day(F.col(FILE)).alias(DS))
+
+
+def _string_schema(cols: Iterable[str]):
+    from pyspark.sql import types as T
+
+    return T.StructType([T.StructField(c, T.StringType()) for c in cols])
+
+
+def _read_group(spark: SparkSession, fmt: str, header: list[str], uris: list[str]) -> DataFrame:
+    """One Spark read of files sharing a header, every column as a string."""
+    from pyspark.sql import functions as F
+
+    from churn.spark import to_spark_uri
+
+    paths = [to_spark_uri(u) for u in uris]
+    if fmt == "parquet":
+        frame = spark.read.parquet(*paths).withColumn(FILE, F.input_file_name())
+        cast = [F.col(f"`{c}`").cast("string").alias(c) for c in header]
+        return frame.select(*cast, F.lit(None).cast("string").alias(CORRUPT), FILE)
+    reader = (spark.read.schema(_string_schema([*header, CORRUPT]))
+              .option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT))
+    if fmt == "csv":
+        frame = reader.option("header", True).option("enforceSchema", True).csv(paths)
+    else:
+        frame = reader.json(paths)
+    return frame.withColumn(FILE, F.input_file_name())
+
+
+def _partition_day(file_col: Column) -> Column:
+    from pyspark.sql import functions as F
+
+    return F.regexp_extract(file_col, r"ds=(\d{4}-\d{2}-\d{2})", 1)
+
+
+def parse_timestamp(col: Column, kind: str) -> Column:
+    """Parse a raw timestamp string by the spec's `timestamp_kind`; unparseable gives null."""
+    from pyspark.sql import functions as F
+
+    if kind == "datetime":
+        return F.trim(col).try_cast("timestamp")
+    return F.try_to_timestamp(F.trim(col), F.lit(_TIMESTAMP_FORMATS[kind]))
+
+
+def _bad_number(col: Column) -> Column:
+    """A non-empty value that does not parse as a number."""
+    from pyspark.sql import functions as F
+
+    trimmed = F.trim(col)
+    return (trimmed != "") & trimmed.try_cast("double").isNull()
+
+
+def _blank(col: Column) -> Column:
+    from pyspark.sql import functions as F
+
+    return col.isNull() | (F.trim(col) == "")
+
+
+def reject_reason(spec: DatasetSpec, table: str) -> Column:
+    """The first rule a raw row breaks, as a reason string (null for a valid row)."""
+    from pyspark.sql import functions as F
+
+    rules = [(F.col(CORRUPT).isNotNull(), MALFORMED), (_blank(F.col(spec.id_column)), NULL_ID)]
+    if table == "events":
+        ev = spec.events
+        ts = parse_timestamp(F.col(ev.timestamp), ev.timestamp_kind)
+        rules += [(ts.isNull(), BAD_TIMESTAMP),
+                  (F.date_format(ts, "yyyy-MM-dd") != F.col(DS), OUTSIDE_DAY)]
+        if ev.value:
+            rules.append((_bad_number(F.col(ev.value)), BAD_NUMBER))
+        if ev.type:
+            rules.append((_blank(F.col(ev.type)), NULL_TYPE))
+    else:
+        cu = spec.customers
+        for name in cu.numeric:
+            rules.append((_bad_number(F.col(name)), BAD_NUMBER))
+        if cu.signup:
+            signup = F.trim(F.col(cu.signup))
+            rules.append(((signup != "") & signup.try_cast("date").isNull(), BAD_DATE))
+    reason = F.lit(None).cast("string")
+    for condition, name in reversed(rules):
+        reason = F.when(condition, F.lit(name)).otherwise(reason)
+    return reason
+
+
+def tag_rows(raw: DataFrame, spec: DatasetSpec, table: str) -> DataFrame:
+    """Add the `reason` column; customers also get `duplicate_id` for an id with two rows a day."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    tagged = raw.withColumn(REASON, reject_reason(spec, table))
+    if table != "customers":
+        return tagged
+    cols = table_columns(spec, table)
+    versions = F.size(F.collect_set(F.when(F.col(REASON).isNull(), F.struct(*cols))).over(
+        Window.partitionBy(F.col(spec.id_column), F.col(DS))))
+    return tagged.withColumn(REASON, F.when(F.col(REASON).isNull() & (versions > 1),
+                                            F.lit(DUPLICATE_ID)).otherwise(F.col(REASON)))
+
+
+def collapse(tagged: DataFrame, spec: DatasetSpec, table: str) -> DataFrame:
+    """Group identical rows: one row per distinct (columns, day, reason) with its copy counts.
+
+    `_n` is how many raw rows share it; `_copies` how many of them are rejected (all of them for
+    a tagged row, all but the first for a valid one: the rest are `duplicate_row`).
+    """
+    from pyspark.sql import functions as F
+
+    keys = [*table_columns(spec, table), CORRUPT, DS, REASON]
+    grouped = tagged.groupBy(*keys).agg(F.count(F.lit(1)).alias("_n"), F.min(FILE).alias(FILE))
+    return grouped.withColumn(
+        COPIES, F.when(F.col(REASON).isNull(), F.col("_n") - 1).otherwise(F.col("_n")))
+
+
+def rejected_rows(collapsed: DataFrame, spec: DatasetSpec, table: str) -> DataFrame:
+    """The rejected raw rows, one per raw row.
+
+    Returns:
+        The raw columns as strings, `reason`, `raw_record` (the raw line of a malformed row),
+        `source_file` and `ds` (the partition day).
+    """
+    from pyspark.sql import functions as F
+
+    expanded = collapsed.where(F.col(COPIES) > 0).withColumn(
+        "_copy", F.explode(F.sequence(F.lit(1), F.col(COPIES))))
+    reason = F.coalesce(F.col(REASON), F.lit(DUPLICATE_ROW)).alias(REASON)
+    return expanded.select(*table_columns(spec, table), reason, F.col(CORRUPT).alias("raw_record"),
+                           F.col(FILE).alias("source_file"), F.col(DS).alias("ds"))
+
+
+def typed_rows(collapsed: DataFrame, spec: DatasetSpec, table: str) -> DataFrame:
+    """The valid rows with spec types: id string, numbers double, timestamps/dates parsed."""
+    from pyspark.sql import functions as F
+
+    valid = collapsed.where(F.col(REASON).isNull())
+    out = [F.trim(F.col(spec.id_column)).alias(spec.id_column), F.col(DS)]
+    if table == "events":
+        ev = spec.events
+        out.append(parse_timestamp(F.col(ev.timestamp), ev.timestamp_kind).alias(ev.timestamp))
+        out += [F.trim(F.col(ev.type)).alias(ev.type)] if ev.type else []
+        out += [_number(F.col(ev.value)).alias(ev.value)] if ev.value else []
+    else:
+        cu = spec.customers
+        out += [F.trim(F.col(cu.signup)).try_cast("date").alias(cu.signup)] if cu.signup else []
+        out += [F.trim(F.col(c)).alias(c) for c in cu.categorical]
+        out += [_number(F.col(c)).alias(c) for c in cu.numeric]
+        label_col = spec.label.column if spec.label.kind == "column" else None
+        if label_col and label_col not in (*cu.categorical, *cu.numeric):
+            out.append(F.trim(F.col(label_col)).alias(label_col))
+    return valid.select(*out)
+
+
+def _number(col: Column) -> Column:
+    from pyspark.sql import functions as F
+
+    return F.trim(col).try_cast("double")
+
+
+def day_counts(collapsed: DataFrame, days: Iterable[str]) -> dict[str, DayCounts]:
+    """Counts per day (rows in/out/rejected and rejects per reason) for the given days.
+
+    Days with no rows at all (an empty partition) get zero counts.
+    """
+    from pyspark.sql import functions as F
+
+    wanted = sorted(set(days))
+    reason = F.coalesce(F.col(REASON), F.lit(DUPLICATE_ROW))
+    rows = (collapsed.where(F.col(DS).isin(wanted)).groupBy(DS, reason.alias(REASON))
+            .agg(F.sum("_n").alias("n_in"), F.sum(COPIES).alias("n_rej")).collect())
+    counts = {ds: DayCounts() for ds in wanted}
+    for row in rows:
+        day = counts[row[DS]]
+        day.rows_in += row["n_in"]
+        day.rows_rejected += row["n_rej"]
+        if row["n_rej"]:
+            day.reasons[row[REASON]] = day.reasons.get(row[REASON], 0) + row["n_rej"]
+    for day in counts.values():
+        day.rows_out = day.rows_in - day.rows_rejected
+    return counts
+
+
+def validate(raw: DataFrame, spec: DatasetSpec, table: str, count_days: Iterable[str]) -> Validated:
+    """Validate raw string rows against the spec.
+
+    Args:
+        raw: rows from `read_raw`.
+        spec: the dataset spec.
+        table: `events` or `customers`.
+        count_days: the days whose counts are wanted (the job's target days).
+
+    Returns:
+        Typed valid rows (with `_ds`), rejected rows (with `reason`), counts per count day.
+    """
+    from pyspark import StorageLevel
+
+    collapsed = collapse(tag_rows(raw, spec, table), spec, table)
+    collapsed = collapsed.persist(StorageLevel.MEMORY_AND_DISK)
+    return Validated(valid=typed_rows(collapsed, spec, table),
+                     rejected=rejected_rows(collapsed, spec, table),
+                     counts=day_counts(collapsed, count_days), cached=collapsed)
+
+
+def check_reject_rate(table: str, counts: dict[str, DayCounts], max_rate: float) -> None:
+    """Fail when a day rejected more than `max_rate` of its rows.
+
+    Raises:
+        RejectRateError: naming the table, the day, the rate and the top reasons with counts.
+    """
+    problems = []
+    for ds, day in sorted(counts.items()):
+        if day.reject_rate > max_rate:
+            top = sorted(day.reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+            reasons = ", ".join(f"{name}={n}" for name, n in top)
+            problems.append(f"table {table} ds={ds}: {day.rows_rejected}/{day.rows_in} rows "
+                            f"rejected ({day.reject_rate:.2%} > {max_rate:.2%}); top reasons: "
+                            f"{reasons}")
+    if problems:
+        raise RejectRateError("; ".join(problems))

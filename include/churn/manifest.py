@@ -1,0 +1,47 @@
+"""Run fragments: one small JSON per (day, step) under `runs/ds=…/<step>.json`.
+
+Each step writes its own fragment atomically; the DAG's publish step merges them into
+`runs/ds=…/manifest.json`. Fragments hold counts, timings and versions, never data.
+"""
+
+from __future__ import annotations
+
+from churn import __version__
+from churn.storage import Layout, filesystem, write_json_atomic
+
+
+def fragment(step: str, ds: str, **fields: object) -> dict:
+    """A fragment payload: the step, the day, the code version and the step's own fields."""
+    return {"step": step, "ds": ds, "code_version": __version__, **fields}
+
+
+def ingest_fragment(ds: str, tables: dict[str, dict | None], max_reject_rate: float,
+                    status: str) -> dict:
+    """The `ingest` fragment of one day.
+
+    Args:
+        ds: the day.
+        tables: per table the counts (`DayCounts.as_dict()`), or None for a missing partition.
+        max_reject_rate: the limit the day was checked against.
+        status: `ok`, or `failed` when a table went over the limit.
+
+    Returns:
+        The payload; each present table satisfies `rows_in == rows_out + rows_rejected`.
+    """
+    shown = {t: (c if c is not None else {"missing": True}) for t, c in tables.items()}
+    return fragment("ingest", ds, tables=shown, max_reject_rate=max_reject_rate, status=status)
+
+
+def write_fragment(layout: Layout, ds: str, step: str, payload: dict) -> str:
+    """Write `runs/ds=…/<step>.json` atomically; returns its path."""
+    uri = layout.run_fragment(ds, step)
+    write_json_atomic(uri, payload)
+    return uri
+
+
+def parquet_rows(partition_uri: str) -> int:
+    """Rows in a Parquet partition, read from the file footers only."""
+    import pyarrow.dataset as pads
+
+    fs, path = filesystem(partition_uri)
+    return pads.dataset(path, filesystem=fs, format="parquet").count_rows()

@@ -1,0 +1,492 @@
+"""The daily DAG's own steps: training-due decision, champion check, gate call, manifest, summary.
+
+`dags/churn_pipeline.py` only wires tasks; each of its Python callables calls one function here.
+Everything is keyed on the run's `ds` (never `now()`), reads and writes under one data root, and
+leaves one JSON fragment per step in `runs/ds=…/` that `publish_manifest` merges.
+
+Top-level imports are the standard library only, so the DAG file stays cheap to parse even if it
+imports this module; pyarrow-backed helpers (`churn.storage`, `churn.registry`) load lazily.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CADENCE_EPOCH = dt.date(1970, 1, 1)
+LIBRARIES = ("churn", "apache-airflow", "apache-airflow-providers-apache-spark",
+             "apache-airflow-providers-amazon", "pyspark", "ray", "xgboost-cpu", "pandas",
+             "pyarrow", "scikit-learn")
+INGEST_STEP, FEATURES_STEP, DECIDE_STEP, TRAIN_STEP, GATE_STEP, SCORE_STEP = (
+    "ingest", "features", "decide", "train", "gate", "score")
+
+
+def resolve_spec_path(spec: str, repo_root: str | Path) -> str:
+    """The dataset spec as an absolute path or URI (relative paths are relative to the repo).
+
+    Args:
+        spec: the `dataset_spec` param, e.g. `include/datasets/synthetic.yaml` or `s3://…`.
+        repo_root: the project's root folder.
+
+    Returns:
+        An absolute local path, or the URI unchanged.
+    """
+    if "://" in spec or os.path.isabs(spec):
+        return spec
+    return str(Path(repo_root) / spec)
+
+
+def missing_raw_partitions(root: str, spec_path: str, ds: str) -> list[str]:
+    """The raw partitions of ds that have not landed yet (empty list: all there).
+
+    A partition counts as landed when its directory holds at least one visible data file
+    (names starting with `_` or `.`, such as `_SUCCESS` or temp files, do not count).
+
+    Args:
+        root: the data root.
+        spec_path: the dataset spec file (which tables to expect).
+        ds: the run's logical date.
+
+    Returns:
+        The missing partitions' paths; each is logged.
+    """
+    import pyarrow.fs as pafs
+
+    from churn.spec import load_spec
+    from churn.storage import Layout, filesystem
+
+    missing = []
+    for table in load_spec(spec_path).tables:
+        uri = Layout(root).raw(table, ds)
+        fs, path = filesystem(uri)
+        infos = ([] if fs.get_file_info(path).type != pafs.FileType.Directory
+                 else fs.get_file_info(pafs.FileSelector(path, recursive=False)))
+        if not any(i.type == pafs.FileType.File and not i.base_name.startswith(("_", "."))
+                   for i in infos):
+            missing.append(uri)
+    for uri in missing:
+        log.info("waiting for raw partition %s (no data file yet)", uri)
+    return missing
+
+
+def is_cadence_day(ds: str, every_days: int) -> bool:
+    """Whether ds is a scheduled training day: days since 1970-01-01 divisible by `every_days`.
+
+    The cadence is a pure function of the date, so re-running or backfilling a day always takes
+    the same decision (with 7 this is every Thursday).
+    """
+    if every_days < 1:
+        raise ValueError(f"train every N days needs N >= 1, got {every_days}")
+    return (dt.date.fromisoformat(ds) - CADENCE_EPOCH).days % every_days == 0
+
+
+def next_cadence_day(ds: str, every_days: int) -> str:
+    """The first scheduled training day strictly after ds."""
+    day = dt.date.fromisoformat(ds)
+    offset = every_days - (day - CADENCE_EPOCH).days % every_days
+    return (day + dt.timedelta(days=offset)).isoformat()
+
+
+@dataclass(frozen=True)
+class TrainingDecision:
+    """Whether this run trains, why, and how many matured label days it could use."""
+
+    train: bool
+    reason: str
+    label_days: int
+
+
+def training_decision(ds: str, *, label_days: int, has_champion: bool, every_days: int,
+                      force: bool, min_label_days: int) -> TrainingDecision:
+    """The training rule, as a pure function of what the run sees.
+
+    Training needs at least `min_label_days` matured label days; then it runs when forced by
+    the run's params, when there is no champion yet (cold start), or on a cadence day.
+
+    Args:
+        ds: the run's logical date.
+        label_days: matured days (features and labels, day ≤ ds − horizon) as of ds.
+        has_champion: whether a champion model exists.
+        every_days: the cadence N (train every N days).
+        force: the `force_retrain` param.
+        min_label_days: matured label days needed before any training.
+
+    Returns:
+        The decision with a human-readable reason.
+    """
+    if label_days < max(1, min_label_days):
+        return TrainingDecision(False, f"not enough matured labels: {label_days} label day(s) "
+                                       f"as of {ds}, training needs {max(1, min_label_days)}",
+                                label_days)
+    if force:
+        return TrainingDecision(True, "forced by the run's params (force_retrain=true)", label_days)
+    if not has_champion:
+        return TrainingDecision(True, "no champion yet: first training", label_days)
+    if is_cadence_day(ds, every_days):
+        return TrainingDecision(True, f"due: training runs every {every_days} day(s)", label_days)
+    return TrainingDecision(False, f"not due: training runs every {every_days} day(s), next on "
+                                   f"{next_cadence_day(ds, every_days)}", label_days)
+
+
+def decide_training(root: str, spec_path: str, ds: str, *, every_days: int, force: bool,
+                    min_label_days: int) -> TrainingDecision:
+    """Decide whether the run for ds trains, and record the decision in `runs/ds=…/decide.json`.
+
+    Args:
+        root: the data root.
+        spec_path: the dataset spec file.
+        ds: the run's logical date.
+        every_days: the training cadence.
+        force: the `force_retrain` param.
+        min_label_days: matured label days needed before any training.
+
+    Returns:
+        The decision.
+    """
+    from churn.registry import champion_uri
+    from churn.spec import load_spec
+    from churn.training import matured_days
+
+    spec = load_spec(spec_path)
+    decision = training_decision(
+        ds, label_days=len(matured_days(root, spec, ds)),
+        has_champion=champion_uri(root, spec.model.name) is not None, every_days=every_days,
+        force=force, min_label_days=min_label_days)
+    log.info("training decision for %s: %s (%s)", ds, "train" if decision.train else "skip",
+             decision.reason)
+    _write_fragment(root, ds, DECIDE_STEP, {**asdict(decision), "every_days": every_days})
+    return decision
+
+
+def scoring_model(root: str, spec_path: str, ds: str, *, skip_scoring: bool) -> str | None:
+    """The champion's version directory to score ds with, or None (scoring skipped).
+
+    When scoring is skipped the reason goes to the task log and to `runs/ds=…/score.json`, which
+    also replaces any score fragment left by an earlier run of the same day.
+
+    Args:
+        root: the data root.
+        spec_path: the dataset spec file.
+        ds: the run's logical date.
+        skip_scoring: the `skip_scoring` param.
+
+    Returns:
+        `models/<name>/<version>` of the champion, or None.
+    """
+    from churn.registry import champion_uri
+    from churn.spec import load_spec
+
+    model_name = load_spec(spec_path).model.name
+    uri = champion_uri(root, model_name)
+    if uri is not None and not skip_scoring:
+        log.info("scoring %s with the champion %s", ds, uri)
+        _write_fragment(root, ds, SCORE_STEP, {"skipped": False, "model_uri": uri,
+                                               "model_version": uri.rpartition("/")[2]})
+        return uri
+    reason = ("scoring skipped by the run's params (skip_scoring=true)" if skip_scoring else
+              f"no champion for model {model_name!r} yet (no label has matured or no model "
+              f"passed the gate): scoring of {ds} skipped, the run still succeeds")
+    log.warning(reason)
+    _write_fragment(root, ds, SCORE_STEP, {"skipped": True, "reason": reason})
+    return None
+
+
+def run_gate(root: str, spec_path: str, ds: str, train_result: dict, decided_by: str) -> dict:
+    """Put the freshly trained version through the registry's gate (promote or keep).
+
+    Args:
+        root: the data root.
+        spec_path: the dataset spec file.
+        ds: the run's logical date.
+        train_result: the Ray job operator's XCom: {"submission_id", "status", "result"}, where
+            result is the training entry point's last-line JSON (with "version" and "metrics").
+        decided_by: who decides, e.g. `churn_pipeline/<run_id>`.
+
+    Returns:
+        The decision as a dict (promoted, reason, challenger_auc, champion_auc, version).
+
+    Raises:
+        ValueError: the training result names no model version.
+    """
+    from churn.registry import gate
+    from churn.spec import load_spec
+
+    result = train_result.get("result") or {}
+    version = result.get("version")
+    if not version:
+        raise ValueError(f"the training job returned no model version: {train_result!r}")
+    _write_fragment(root, ds, TRAIN_STEP, {
+        "submission_id": train_result.get("submission_id"), "status": train_result.get("status"),
+        **{k: v for k, v in result.items() if k not in ("step", "ds")}})
+    started = time.monotonic()
+    decision = gate(root, load_spec(spec_path), version, decided_by=decided_by)
+    payload = {"version": version, **_as_dict(decision),
+               "seconds": round(time.monotonic() - started, 3)}
+    log.info("gate for %s: %s %s (%s)", ds, "PROMOTED" if payload.get("promoted") else "KEPT",
+             version, payload.get("reason"))
+    _write_fragment(root, ds, GATE_STEP, payload)
+    return payload
+
+
+def _as_dict(decision: Any) -> dict:
+    """A gate decision (dataclass or mapping) as a plain dict."""
+    if isinstance(decision, dict):
+        return dict(decision)
+    return asdict(decision)
+
+
+def _write_fragment(root: str, ds: str, step: str, payload: dict) -> None:
+    from churn.manifest import fragment, write_fragment
+    from churn.storage import Layout
+
+    write_fragment(Layout(root), ds, step, fragment(step, ds, **payload))
+
+
+def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str | None]:
+    """Installed versions of the libraries that shape the outputs (None when not installed)."""
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def code_version(repo_root: str | Path) -> str:
+    """The code's version: env `CHURN_CODE_VERSION`, else the git commit (+`-dirty`), else
+    `unknown` (an image built without `.git`)."""
+    pinned = os.environ.get("CHURN_CODE_VERSION")
+    if pinned:
+        return pinned
+    try:
+        commit = subprocess.run(["git", "-C", str(repo_root), "rev-parse", "--short=12", "HEAD"],
+                                capture_output=True, text=True, check=True, timeout=10).stdout
+        dirty = subprocess.run(["git", "-C", str(repo_root), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               check=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit.strip() + ("-dirty" if dirty.strip() else "")
+
+
+def read_fragments(root: str, ds: str, steps: list[str]) -> dict[str, dict]:
+    """The JSON fragments of the given steps for ds (a missing one is left out)."""
+    from churn.storage import Layout, exists, read_json
+
+    layout = Layout(root)
+    uris = {step: layout.run_fragment(ds, step) for step in steps}
+    return {step: read_json(uri) for step, uri in uris.items() if exists(uri)}
+
+
+def publish_manifest(root: str, ds: str, *, run: dict, repo_root: str) -> dict:
+    """Merge this run's step fragments into `runs/ds=…/manifest.json` (atomic, replaces a rerun's).
+
+    Only the steps that ran in this run are merged: a stale `train.json` of an earlier run of the
+    same day is left out when this run's `decide.json` says it did not train.
+
+    Args:
+        root: the data root.
+        ds: the run's logical date.
+        run: facts about the Airflow run (dag_id, run_id, logical_date, conf, start_date).
+        repo_root: the project's root (for the code version).
+
+    Returns:
+        The manifest.
+    """
+    from churn.manifest import parquet_rows
+    from churn.storage import Layout, write_json_atomic
+
+    trained = bool(read_fragments(root, ds, [DECIDE_STEP]).get(DECIDE_STEP, {}).get("train"))
+    steps = [INGEST_STEP, FEATURES_STEP, DECIDE_STEP, *([TRAIN_STEP, GATE_STEP] if trained else []),
+             SCORE_STEP]
+    fragments = read_fragments(root, ds, steps)
+    score = fragments.get(SCORE_STEP, {})
+    scored = bool(score) and not score.get("skipped", True)
+    layout = Layout(root)
+    manifest = {
+        "ds": ds,
+        "run": run,
+        "tables": (fragments.get(INGEST_STEP) or {}).get("tables", {}),
+        "rows": {"features": (fragments.get(FEATURES_STEP) or {}).get("feature_rows"),
+                 "predictions": parquet_rows(layout.predictions(ds)) if scored else None},
+        "scored": scored,
+        "model_version": score.get("model_version") if scored else None,
+        "predictions": layout.predictions(ds) if scored else None,
+        "trained": trained,
+        "gate": fragments.get(GATE_STEP),
+        "timings": {step: fragment.get("seconds") for step, fragment in fragments.items()},
+        "steps": fragments,
+        "code_version": code_version(repo_root),
+        "libraries": library_versions(),
+    }
+    write_json_atomic(layout.manifest(ds), manifest)
+    log.info("published %s: scored=%s model=%s", layout.manifest(ds), manifest["scored"],
+             manifest["model_version"])
+    return manifest
+
+
+# ------------------------------------------------------------------------------ demo summary
+
+
+def _read_partition(uri: str, columns: list[str] | None = None):
+    """One partition's Parquet files as a pandas frame (empty frame when absent)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from churn.storage import exists, filesystem
+
+    if not exists(uri):
+        return pd.DataFrame(columns=columns or [])
+    fs, path = filesystem(uri)
+    return pq.read_table(path, filesystem=fs, columns=columns).to_pandas()
+
+
+def oracle_auc(root: str, id_column: str, days: list[str]) -> float | None:
+    """AUC of the generator's true churn probabilities against the matured labels of `days`:
+    the best AUC any model can expect on those days (None when undefined)."""
+    import pandas as pd
+
+    from churn.metrics import roc_auc
+    from churn.storage import Layout
+
+    layout = Layout(root)
+    frames = []
+    for day in days:
+        labels = _read_partition(layout.labels(day), [id_column, "label"])
+        oracle = _read_partition(layout.oracle(day), [id_column, "churn_probability"])
+        frames.append(labels.merge(oracle, on=id_column, how="inner"))
+    joined = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    try:
+        return roc_auc(joined["label"].to_numpy(), joined["churn_probability"].to_numpy())
+    except (KeyError, ValueError):
+        return None
+
+
+def champion_summary(root: str, spec_path: str) -> dict | None:
+    """The champion's version, validation AUC, the oracle AUC on its validation days, report path."""
+    from churn.registry import META_FILE, METRICS_FILE, read_champion, read_version_json
+    from churn.spec import load_spec
+    from churn.storage import Layout
+
+    spec = load_spec(spec_path)
+    pointer = read_champion(root, spec.model.name)
+    if pointer is None:
+        return None
+    version = pointer["version"]
+    metrics = read_version_json(root, spec.model.name, version, METRICS_FILE)
+    window = read_version_json(root, spec.model.name, version, META_FILE).get("window", {})
+    validation_days = list(window.get("validation_days") or [])
+    return {"version": version, "roc_auc": metrics.get("roc_auc"),
+            "oracle_auc": oracle_auc(root, spec.id_column, validation_days),
+            "validation_days": validation_days,
+            "report": f"{Layout(root).model_version(spec.model.name, version)}/report.html"}
+
+
+def day_summary(root: str, ds: str) -> dict:
+    """One day as its manifest tells it: rows per table, predictions, training and gate."""
+    from churn.storage import Layout, exists, read_json
+
+    uri = Layout(root).manifest(ds)
+    if not exists(uri):
+        return {"ds": ds, "published": False}
+    manifest = read_json(uri)
+    gate_step = manifest.get("gate") or {}
+    return {"ds": ds, "published": True, "tables": manifest.get("tables", {}),
+            "trained": manifest.get("trained"), "promoted": gate_step.get("promoted"),
+            "gate_reason": gate_step.get("reason"), "scored": manifest.get("scored"),
+            "model_version": manifest.get("model_version"),
+            "prediction_rows": (manifest.get("rows") or {}).get("predictions")}
+
+
+def top_at_risk(root: str, ds: str, count: int = 10) -> list[dict]:
+    """The `count` customers with the highest churn probability in ds's predictions."""
+    from churn.storage import Layout
+
+    frame = _read_partition(Layout(root).predictions(ds), ["customer_id", "churn_probability"])
+    top = frame.sort_values(["churn_probability", "customer_id"], ascending=[False, True])
+    return top.head(count).to_dict("records")
+
+
+def demo_summary(root: str, spec_path: str, days: list[str]) -> dict:
+    """Everything the demo prints: per-day rows, champion vs oracle, top customers, paths."""
+    from churn.storage import Layout
+
+    layout = Layout(root)
+    scored = [d for d in days if day_summary(root, d).get("scored")]
+    return {"root": layout.root, "days": [day_summary(root, d) for d in days],
+            "champion": champion_summary(root, spec_path),
+            "top_at_risk": top_at_risk(root, scored[-1]) if scored else [],
+            "top_at_risk_ds": scored[-1] if scored else None,
+            "paths": {area: layout.area(area) for area in
+                      ("features", "labels", "predictions", "quarantine", "runs", "models")}}
+
+
+def format_summary(summary: dict) -> str:
+    """The demo summary as the text block `make demo` prints."""
+    lines = [f"Data root: {summary['root']}", "", "Days processed:"]
+    for day in summary["days"]:
+        if not day["published"]:
+            lines.append(f"  {day['ds']}  (no manifest: the run did not publish)")
+            continue
+        rows = ", ".join(f"{table} in={c.get('rows_in')} out={c.get('rows_out')} "
+                         f"rejected={c.get('rows_rejected')}"
+                         for table, c in sorted(day["tables"].items()) if isinstance(c, dict))
+        train = ("trained, " + ("promoted" if day["promoted"] else "kept champion")
+                 if day["trained"] else "no training")
+        score = (f"scored {day['prediction_rows']} rows with {day['model_version']}"
+                 if day["scored"] else "not scored (no champion)")
+        lines.append(f"  {day['ds']}  {rows} | {train} | {score}")
+    champion = summary["champion"]
+    lines.append("")
+    if champion is None:
+        lines.append("Champion: none yet")
+    else:
+        lines += [f"Champion: {champion['version']}  validation AUC {_fmt(champion['roc_auc'])}"
+                  f"  (oracle AUC on the same days {_fmt(champion['oracle_auc'])})",
+                  f"Model report: {champion['report']}"]
+    if summary["top_at_risk"]:
+        lines += ["", f"Top {len(summary['top_at_risk'])} at-risk customers on "
+                      f"{summary['top_at_risk_ds']}:"]
+        lines += [f"  {row['customer_id']:>12}  {row['churn_probability']:.3f}"
+                  for row in summary["top_at_risk"]]
+    lines += ["", "Outputs (Parquet, Hive partitions ds=YYYY-MM-DD):"]
+    lines += [f"  {area:12} {path}" for area, path in summary["paths"].items()]
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m churn.pipeline summary --root R --spec S --start D1 --end D2`."""
+    import argparse
+    import json
+
+    from churn.storage import ds_range
+
+    parser = argparse.ArgumentParser(prog="python -m churn.pipeline")
+    parser.add_argument("command", choices=["summary"])
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--spec", required=True)
+    parser.add_argument("--start", required=True)
+    parser.add_argument("--end", required=True)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    args = parser.parse_args(argv)
+    summary = demo_summary(args.root, args.spec, ds_range(args.start, args.end))
+    print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

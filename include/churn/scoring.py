@@ -1,0 +1,122 @@
+"""Batch scoring as plain pandas: the bodies of the Spark pandas UDF, testable without Spark.
+
+The Spark job (`spark_jobs/score.py`) broadcasts the model's UBJ bytes and maps each partition's
+Arrow batches through `score_batches`. The booster is built from the bytes once per Python
+worker process (cached by content digest), never once per batch, and never unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
+
+import pandas as pd
+
+from churn.modeling import FeatureSchema, MissingFeatureError, load_booster, predict_proba
+
+PREDICTION_COLUMNS = ("customer_id", "churn_probability", "model_version", "ds")
+PREDICTION_DDL = "customer_id string, churn_probability double, model_version string, ds string"
+
+# Boosters already built in this process, keyed by the SHA-256 of their model bytes.
+_BOOSTERS: dict[str, object] = {}
+
+
+def model_digest(model_bytes: bytes) -> str:
+    """The SHA-256 hex digest that identifies a model's bytes (cache key)."""
+    return hashlib.sha256(model_bytes).hexdigest()
+
+
+def cached_booster(model_bytes: bytes):
+    """The booster for these model bytes, built once per process and then reused.
+
+    Args:
+        model_bytes: XGBoost UBJ/JSON bytes.
+
+    Returns:
+        An `xgboost.Booster`.
+    """
+    key = model_digest(model_bytes)
+    booster = _BOOSTERS.get(key)
+    if booster is None:
+        booster = _BOOSTERS.setdefault(key, load_booster(model_bytes))
+    return booster
+
+
+def check_features(schema: FeatureSchema, columns: Iterable[str]) -> None:
+    """Fail early, naming them, when columns lack features the model was trained on.
+
+    Raises:
+        MissingFeatureError: at least one feature of the schema is absent.
+    """
+    present = set(columns)
+    missing = [name for name in schema.features if name not in present]
+    if missing:
+        raise MissingFeatureError(f"features missing from the input: {', '.join(missing)}")
+
+
+def score_frame(booster, schema: FeatureSchema, frame: pd.DataFrame, *, id_column: str,
+                model_version: str, ds: str, nthread: int = 1) -> pd.DataFrame:
+    """Score one features frame into the predictions contract.
+
+    Args:
+        booster: a binary:logistic XGBoost booster.
+        schema: the feature schema stored with the model (features aligned by name).
+        frame: features; extra columns are ignored, a missing feature raises.
+        id_column: the dataset's customer id column (written out as `customer_id`).
+        model_version: the registry version that produced the scores.
+        ds: the partition key of the scored day.
+        nthread: prediction threads.
+
+    Returns:
+        A frame with exactly `PREDICTION_COLUMNS`, one row per input row, in input order.
+    """
+    probabilities = predict_proba(booster, schema, frame, nthread=nthread)
+    return pd.DataFrame({
+        "customer_id": frame[id_column].astype("string").to_numpy(dtype=object),
+        "churn_probability": probabilities,
+        "model_version": model_version,
+        "ds": ds,
+    }, columns=list(PREDICTION_COLUMNS))
+
+
+def score_batches(batches: Iterable[pd.DataFrame], model_bytes: bytes, schema: FeatureSchema, *,
+                  id_column: str, model_version: str, ds: str) -> Iterator[pd.DataFrame]:
+    """Score a stream of Arrow batches (the `mapInPandas` body) with one booster for all.
+
+    Args:
+        batches: feature frames, as Spark hands them to a pandas UDF.
+        model_bytes: the model's UBJ bytes (from a broadcast variable).
+        schema: the model's feature schema.
+        id_column: the dataset's customer id column.
+        model_version: the registry version.
+        ds: the scored day.
+
+    Yields:
+        One predictions frame per input batch.
+    """
+    booster = cached_booster(model_bytes)
+    for batch in batches:
+        yield score_frame(booster, schema, batch, id_column=id_column,
+                          model_version=model_version, ds=ds)
+
+
+def batch_scorer(model_bytes_getter: Callable[[], bytes], schema_json: str, *, id_column: str,
+                 model_version: str, ds: str) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """A picklable `mapInPandas` function; it fetches the model bytes lazily on the worker.
+
+    Args:
+        model_bytes_getter: returns the model bytes on the worker (e.g. a broadcast's `.value`).
+        schema_json: `FeatureSchema.to_json()` (a string ships cheaply in the closure).
+        id_column: the dataset's customer id column.
+        model_version: the registry version.
+        ds: the scored day.
+
+    Returns:
+        A function from an iterator of feature batches to an iterator of prediction batches.
+    """
+    def _score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        schema = FeatureSchema.from_json(schema_json)
+        yield from score_batches(batches, model_bytes_getter(), schema, id_column=id_column,
+                                 model_version=model_version, ds=ds)
+
+    return _score

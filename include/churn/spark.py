@@ -1,0 +1,155 @@
+"""The one SparkSession helper: every local-vs-cluster difference lives here.
+
+Jobs and tests call `build_session` and never branch on the environment themselves. On a cluster
+(EMR, or `spark-submit --master yarn`), spark-submit sets `spark.master` and we leave it alone;
+locally the master defaults to `local[*]`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+LOCAL_SHUFFLE_PARTITIONS = 8
+CLUSTER_SHUFFLE_PARTITIONS = 200
+DEFAULT_ARROW_BATCH_SIZE = 10_000
+_CREDENTIALS_PROVIDER = (
+    "software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider"
+)
+
+
+def resolve_master(master: str | None) -> str | None:
+    """The master to set on the builder, or None when spark-submit already chose one.
+
+    Args:
+        master: an explicit master (`local[2]`, `yarn`, ...), or None.
+
+    Returns:
+        `master` when given; else `SPARK_MASTER` from the environment; else None when this
+        python was launched by spark-submit (its `--master`, default `local[*]`, already holds);
+        else `local[*]`.
+    """
+    if master:
+        return master
+    if os.environ.get("SPARK_MASTER"):
+        return os.environ["SPARK_MASTER"]
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):
+        return None
+    return "local[*]"
+
+
+def session_conf(master: str | None, arrow_batch_size: int | None) -> dict[str, str]:
+    """The settings every session gets (pure: testable without starting Spark).
+
+    Args:
+        master: the resolved master (None: chosen by the launcher, treated as a cluster).
+        arrow_batch_size: rows per Arrow batch for pandas UDFs (None: the default).
+
+    Returns:
+        Spark conf keys and values.
+    """
+    local = master is not None and master.startswith("local")
+    conf = {
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(
+            arrow_batch_size or DEFAULT_ARROW_BATCH_SIZE
+        ),
+        "spark.sql.sources.partitionOverwriteMode": "dynamic",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "spark.hadoop.fs.s3a.aws.credentials.provider": _CREDENTIALS_PROVIDER,
+    }
+    if local:
+        conf["spark.driver.host"] = os.environ.get("SPARK_LOCAL_IP", "127.0.0.1")
+        conf["spark.ui.enabled"] = "false"
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        conf["spark.hadoop.fs.s3a.endpoint"] = endpoint
+        conf["spark.hadoop.fs.s3a.path.style.access"] = "true"
+    python = os.environ.get("PYSPARK_PYTHON")
+    if python:
+        conf["spark.pyspark.python"] = python
+        conf["spark.executorEnv.PYSPARK_PYTHON"] = python
+    return conf
+
+
+def build_session(
+    app_name: str,
+    master: str | None = None,
+    *,
+    arrow_batch_size: int | None = None,
+    extra_conf: dict | None = None,
+) -> SparkSession:
+    """Build (or get) the SparkSession for a job or a test.
+
+    Args:
+        app_name: the application name shown in the Spark UI and logs.
+        master: an explicit master; None picks `SPARK_MASTER`, the launcher's, or `local[*]`.
+        arrow_batch_size: rows per Arrow batch for pandas UDFs.
+        extra_conf: more settings, applied last (they win).
+
+    Returns:
+        The session: Arrow on, UTC, dynamic partition overwrite, S3A wired for `s3://` paths.
+    """
+    from pyspark.sql import SparkSession
+
+    resolved = resolve_master(master)
+    builder = SparkSession.builder.appName(app_name)
+    if resolved is not None:
+        builder = builder.master(resolved)
+    extra = {str(k): str(v) for k, v in (extra_conf or {}).items()}
+    for key, value in {**session_conf(resolved, arrow_batch_size), **extra}.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    if "spark.sql.shuffle.partitions" not in extra:
+        local = session.sparkContext.master.startswith("local")
+        partitions = LOCAL_SHUFFLE_PARTITIONS if local else CLUSTER_SHUFFLE_PARTITIONS
+        session.conf.set("spark.sql.shuffle.partitions", str(partitions))
+    return session
+
+
+def to_spark_uri(uri: str) -> str:
+    """A path Spark's Hadoop layer reads: `s3://` becomes `s3a://`, local paths stay as they are."""
+    if uri.startswith("s3://"):
+        return "s3a://" + uri[len("s3://"):]
+    return uri
+
+
+def write_day_partitions(frame: DataFrame, days: Iterable[str],
+                         partition_uri: Callable[[str], str], day_column: str = "ds") -> None:
+    """Write one partition per day in one Spark job, then swap each day in atomically.
+
+    The frame is written once, partitioned by a copy of `day_column`, into a hidden staging
+    directory; each day's directory is then swapped into `partition_uri(day)` (files keep the
+    `ds` column). A day with no rows gets an empty Parquet file with the schema. Days not in
+    `days` are never touched, so a re-run replaces exactly its own days.
+
+    Args:
+        frame: rows to write, with a `YYYY-MM-DD` string column `day_column`.
+        days: the days to (re)write.
+        partition_uri: maps a day to its final partition path, e.g. `layout.features`.
+        day_column: the column holding the day.
+    """
+    from churn.storage import exists, filesystem, swap_in, temp_sibling
+
+    days = sorted(set(days))
+    if not days:
+        return
+    staging = temp_sibling(partition_uri(days[0]).rsplit("/", 1)[0] + "/staging")
+    staged = frame.where(frame[day_column].isin(days)).withColumn("_part", frame[day_column])
+    staged.write.mode("overwrite").partitionBy("_part").parquet(to_spark_uri(staging))
+    try:
+        for ds in days:
+            source = f"{staging}/_part={ds}"
+            if not exists(source):
+                frame.limit(0).write.parquet(to_spark_uri(source))
+            swap_in(source, partition_uri(ds))
+    finally:
+        fs, path = filesystem(staging)
+        fs.delete_dir(path)

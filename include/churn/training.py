@@ -1,0 +1,343 @@
+"""Training data assembly and the XGBoost code run inside Ray Tune trials and Ray Train workers.
+
+Two execution shapes share the same parameters and report the same metrics:
+
+* `tune_trial` (W = 1): a Tune function trainable calling `xgboost.train` with `nthread` = its
+  CPUs on numpy matrices put once in the object store (the fast default on one machine);
+* `train_driver_trial` (W > 1): a Tune function trainable that runs a Ray Train V2
+  `XGBoostTrainer` whose workers run `train_fn_per_worker` on Ray Data shards.
+
+Both save the early-stopped booster (trees up to the best iteration) as `model.ubj` in the
+reported checkpoint, so the driver picks the best trial's model without retraining.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from churn.modeling import LABEL_COLUMN, FeatureSchema
+from churn.spec import DatasetSpec
+from churn.storage import Layout, ds_range, list_partitions, shift_ds
+
+MODEL_FILE = "model.ubj"
+HOLDOUT_FRACTION = 0.2
+SEARCHED = ("max_depth", "eta", "min_child_weight", "subsample", "colsample_bytree", "lambda")
+DEFAULT_PARAMS = {"max_depth": 6, "eta": 0.1, "min_child_weight": 1.0, "subsample": 0.9,
+                  "colsample_bytree": 0.9, "lambda": 1.0}
+
+
+# ------------------------------------------------------------------------------- data assembly
+
+
+@dataclass(frozen=True)
+class TrainingWindow:
+    """The labelled days a model trains and validates on.
+
+    `holdout` is "time" (validation days are the newest days) or "random" (one labelled day:
+    a stratified, seeded 20% of its rows is the validation set).
+    """
+
+    train_days: tuple[str, ...]
+    validation_days: tuple[str, ...]
+    holdout: str
+
+    def to_meta(self) -> dict:
+        """The window as stored in meta.json (the gate re-reads `validation_days`)."""
+        return {"train_days": list(self.train_days), "validation_days": list(self.validation_days),
+                "holdout": self.holdout, "holdout_fraction": HOLDOUT_FRACTION
+                if self.holdout == "random" else None}
+
+
+def matured_days(root: str, spec: DatasetSpec, ds: str) -> list[str]:
+    """Days ≤ ds − horizon that have both a features and a labels partition, oldest first."""
+    layout = Layout(root)
+    newest = shift_ds(ds, -spec.label.horizon_days)
+    labelled = set(list_partitions(layout.area("labels")))
+    return [d for d in list_partitions(layout.area("features")) if d in labelled and d <= newest]
+
+
+def training_window(root: str, spec: DatasetSpec, ds: str, train_days: int) -> TrainingWindow:
+    """The `train_days` days ending at the newest matured day ≤ ds, split in time.
+
+    The newest fifth of the days (at least one) validates, the older days train. With a single
+    labelled day the holdout is a random stratified split of that day.
+
+    Raises:
+        ValueError: no matured labelled day exists up to ds.
+    """
+    available = matured_days(root, spec, ds)
+    if not available:
+        raise ValueError(f"no day ≤ {shift_ds(ds, -spec.label.horizon_days)} has both features "
+                         f"and labels under {root}")
+    span = set(ds_range(shift_ds(available[-1], -(train_days - 1)), available[-1]))
+    days = [d for d in available if d in span]
+    if len(days) == 1:
+        return TrainingWindow(tuple(days), tuple(days), "random")
+    n_valid = max(1, len(days) // 5)
+    return TrainingWindow(tuple(days[:-n_valid]), tuple(days[-n_valid:]), "time")
+
+
+def join_labels(features: pd.DataFrame, labels: pd.DataFrame, id_column: str) -> pd.DataFrame:
+    """Features with their label (inner join on id and ds; unlabelled rows dropped)."""
+    keys = [id_column, "ds"]
+    return features.merge(labels[[*keys, LABEL_COLUMN]], on=keys, how="inner", validate="1:1")
+
+
+def read_labelled_frame(root: str, spec: DatasetSpec, days: list[str] | tuple[str, ...]) -> pd.DataFrame:
+    """Features joined with labels for some days, read with pyarrow (no Ray needed: the gate)."""
+    import pyarrow.parquet as pq
+
+    from churn.storage import filesystem
+
+    layout = Layout(root)
+
+    def read(paths: list[str]) -> pd.DataFrame:
+        fs, _ = filesystem(paths[0])
+        parts = [pq.read_table(filesystem(p)[1], filesystem=fs, partitioning=None).to_pandas()
+                 for p in paths]
+        return pd.concat(parts, ignore_index=True)
+
+    features = read([layout.features(d) for d in days])
+    labels = read([layout.labels(d) for d in days])
+    return join_labels(features, labels, spec.id_column)
+
+
+def read_labelled_frame_ray(root: str, spec: DatasetSpec, days: tuple[str, ...]) -> pd.DataFrame:
+    """Features joined with labels for some days, read with `ray.data.read_parquet`."""
+    import ray.data
+
+    layout = Layout(root)
+    features = ray.data.read_parquet([layout.features(d) for d in days], partitioning=None)
+    labels = ray.data.read_parquet([layout.labels(d) for d in days], partitioning=None)
+    return join_labels(features.to_pandas(), labels.to_pandas(), spec.id_column)
+
+
+def split_frame(frame: pd.DataFrame, window: TrainingWindow,
+                seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and validation frames: by day for a time window, stratified random otherwise."""
+    if window.holdout == "time":
+        is_valid = frame["ds"].isin(window.validation_days)
+        return frame[~is_valid].reset_index(drop=True), frame[is_valid].reset_index(drop=True)
+    from sklearn.model_selection import train_test_split
+
+    train, valid = train_test_split(frame, test_size=HOLDOUT_FRACTION, random_state=seed,
+                                    stratify=frame[LABEL_COLUMN])
+    return train.reset_index(drop=True), valid.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Matrices:
+    """Encoded train and validation data, as put in the object store for W = 1 trials."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_valid: np.ndarray
+    y_valid: np.ndarray
+    feature_names: tuple[str, ...]
+
+
+def encode(schema: FeatureSchema, train: pd.DataFrame, valid: pd.DataFrame) -> Matrices:
+    """Encode both frames with one schema (the same category codes as at scoring time)."""
+    return Matrices(schema.to_matrix(train), train[LABEL_COLUMN].to_numpy(np.float32),
+                    schema.to_matrix(valid), valid[LABEL_COLUMN].to_numpy(np.float32),
+                    schema.features)
+
+
+# ------------------------------------------------------------------------------- xgboost code
+
+
+def search_space() -> dict:
+    """The Tune search space over the six tuned XGBoost parameters."""
+    from ray import tune
+
+    return {"max_depth": tune.randint(3, 9), "eta": tune.loguniform(0.02, 0.3),
+            "min_child_weight": tune.loguniform(0.5, 10.0), "subsample": tune.uniform(0.6, 1.0),
+            "colsample_bytree": tune.uniform(0.6, 1.0), "lambda": tune.loguniform(0.1, 10.0)}
+
+
+def booster_params(config: dict, nthread: int, seed: int) -> dict:
+    """Full xgboost params for a trial config (AUC last: early stopping watches it)."""
+    params = {"objective": "binary:logistic", "eval_metric": ["logloss", "auc"],
+              "tree_method": "hist", "nthread": nthread, "seed": seed}
+    params.update({k: config[k] for k in SEARCHED if k in config})
+    params["max_depth"] = int(params.get("max_depth", DEFAULT_PARAMS["max_depth"]))
+    return params
+
+
+@dataclass(frozen=True)
+class BoostSettings:
+    """Rounds and early stopping shared by every trial of a search."""
+
+    num_boost_round: int = 300
+    early_stopping_rounds: int | None = 20
+    seed: int = 42
+
+
+def fit_booster(config: dict, data: Matrices, nthread: int, settings: BoostSettings):
+    """Train one booster with early stopping on validation AUC; returns it cut at the best round.
+
+    Returns:
+        (booster with trees up to the best iteration, last validation {"auc", "logloss"}).
+    """
+    import xgboost
+
+    dtrain = xgboost.DMatrix(data.x_train, label=data.y_train,
+                             feature_names=list(data.feature_names), nthread=nthread)
+    dvalid = xgboost.DMatrix(data.x_valid, label=data.y_valid,
+                             feature_names=list(data.feature_names), nthread=nthread)
+    evals_log: dict = {}
+    booster = xgboost.train(booster_params(config, nthread, settings.seed), dtrain,
+                            num_boost_round=settings.num_boost_round,
+                            evals=[(dvalid, "valid")], evals_result=evals_log,
+                            early_stopping_rounds=settings.early_stopping_rounds,
+                            verbose_eval=False)
+    return _cut_at_best(booster, evals_log["valid"])
+
+
+def _cut_at_best(booster, valid_log: dict):
+    """Keep the trees up to the best iteration; return the booster and metrics at that round."""
+    best = getattr(booster, "best_iteration", None)
+    rounds = len(valid_log["auc"])
+    best = rounds - 1 if best is None else int(best)
+    if best + 1 < booster.num_boosted_rounds():
+        booster = booster[: best + 1]
+    return booster, {"auc": float(valid_log["auc"][best]),
+                     "logloss": float(valid_log["logloss"][best]), "best_iteration": best}
+
+
+def _report_with_model(booster, metrics: dict) -> None:
+    """Report trial metrics to Tune with the booster saved as the checkpoint's model.ubj."""
+    from ray import tune
+
+    with tempfile.TemporaryDirectory() as checkpoint_dir:
+        booster.save_model(str(Path(checkpoint_dir) / MODEL_FILE))
+        tune.report({"valid_auc": metrics["auc"], "valid_logloss": metrics["logloss"],
+                     "best_iteration": metrics["best_iteration"]},
+                    checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+
+
+def tune_trial(config: dict, data: Matrices, nthread: int, settings: BoostSettings) -> None:
+    """W = 1 trial: plain `xgboost.train` in the trial's process with `nthread` threads."""
+    booster, metrics = fit_booster(config, data, nthread, settings)
+    _report_with_model(booster, metrics)
+
+
+def train_fn_per_worker(config: dict) -> None:
+    """Ray Train V2 per-worker function: shard -> DMatrix -> distributed `xgboost.train`.
+
+    `config` holds the trial's params plus `schema_json`, `nthread`, `num_boost_round`,
+    `early_stopping_rounds` and `seed`. Reports once, at the end (per-round reports cost ~2 s).
+    """
+    import ray.train
+    import xgboost
+    from ray.train.xgboost import RayTrainReportCallback
+
+    schema = FeatureSchema.from_json(config["schema_json"])
+    matrices = []
+    for name in ("train", "valid"):
+        frame = ray.train.get_dataset_shard(name).materialize().to_pandas()
+        matrices.append(xgboost.DMatrix(schema.to_matrix(frame), label=frame[LABEL_COLUMN],
+                                        feature_names=list(schema.features)))
+    xgboost.train(booster_params(config, config["nthread"], config["seed"]), matrices[0],
+                  num_boost_round=config["num_boost_round"], evals=[(matrices[1], "valid")],
+                  early_stopping_rounds=config["early_stopping_rounds"], verbose_eval=False,
+                  callbacks=[RayTrainReportCallback(metrics={"auc": "valid-auc",
+                                                             "logloss": "valid-logloss"},
+                                                    frequency=0)])
+
+
+@dataclass(frozen=True)
+class TrainShape:
+    """How a W > 1 trial runs Ray Train: workers, CPUs per worker and where runs are stored."""
+
+    workers: int
+    worker_cpus: float
+    storage_path: str
+
+
+def train_driver_trial(config: dict, datasets: dict, schema_json: str, shape: TrainShape,
+                       settings: BoostSettings) -> None:
+    """W > 1 trial: fit a Train V2 `XGBoostTrainer` and report its early-stopped model to Tune."""
+    from ray import tune
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
+
+    loop_config = {**config, "schema_json": schema_json, "seed": settings.seed,
+                   "nthread": max(1, int(shape.worker_cpus)),
+                   "num_boost_round": settings.num_boost_round,
+                   "early_stopping_rounds": settings.early_stopping_rounds}
+    trainer = XGBoostTrainer(
+        train_fn_per_worker, train_loop_config=loop_config, datasets=datasets,
+        scaling_config=ScalingConfig(num_workers=shape.workers,
+                                     resources_per_worker={"CPU": shape.worker_cpus}),
+        run_config=RunConfig(name=f"train-trial_id={tune.get_context().get_trial_id()}",
+                             storage_path=shape.storage_path))
+    result = trainer.fit()
+    booster = RayTrainReportCallback.get_model(result.checkpoint)
+    best = booster.attr("best_iteration")
+    if best is not None and int(best) + 1 < booster.num_boosted_rounds():
+        booster = booster[: int(best) + 1]
+    _report_with_model(booster, _score_valid(booster, datasets["valid"].to_pandas(), schema_json))
+
+
+def _score_valid(booster, valid: pd.DataFrame, schema_json: str) -> dict:
+    """AUC and log loss of a booster on the validation frame (what W = 1 trials report)."""
+    from sklearn.metrics import log_loss
+
+    from churn.metrics import roc_auc
+    from churn.modeling import predict_proba
+
+    scores = predict_proba(booster, FeatureSchema.from_json(schema_json), valid)
+    labels = valid[LABEL_COLUMN].to_numpy()
+    return {"auc": roc_auc(labels, scores), "logloss": float(log_loss(labels, scores, labels=[0, 1])),
+            "best_iteration": booster.num_boosted_rounds() - 1}
+
+
+# ------------------------------------------------------------------------------- resources
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """Resources of one search, computed from the cluster's CPUs so they always fit."""
+
+    concurrency: int
+    trial_cpus: float
+    nthread: int
+    worker_cpus: float = 0.0
+
+
+def plan_trials(cluster_cpus: float, trials: int, workers: int,
+                max_concurrent: int | None = None) -> TrialPlan:
+    """Split the cluster's CPUs between concurrent trials (and their Train workers).
+
+    W = 1: up to one trial per CPU, each with `nthread` = its whole CPUs. W > 1: a trial's
+    budget (cluster CPUs / concurrency) gives a quarter to the trial's driver and half to its
+    W workers (fractional CPUs), leaving room for Ray Data tasks — trial + workers never
+    exceed the cluster, which would otherwise loop on worker-group start timeouts.
+
+    Args:
+        cluster_cpus: `ray.cluster_resources()["CPU"]`.
+        trials: number of trials of the search.
+        workers: Ray Train workers per trial (1 = no Ray Train).
+        max_concurrent: an upper bound on concurrent trials (None = as many as fit).
+
+    Returns:
+        The plan; `concurrency` becomes `TuneConfig.max_concurrent_trials`.
+    """
+    if cluster_cpus <= 0 or trials < 1 or workers < 1:
+        raise ValueError(f"need CPUs, trials and workers > 0, got {cluster_cpus}, {trials}, {workers}")
+    cap = max_concurrent or trials
+    if workers == 1:
+        concurrency = max(1, min(trials, cap, int(cluster_cpus)))
+        trial_cpus = max(1, int(cluster_cpus // concurrency)) if cluster_cpus >= 1 else cluster_cpus
+        return TrialPlan(concurrency, float(trial_cpus), max(1, int(trial_cpus)))
+    concurrency = max(1, min(trials, cap, int(cluster_cpus // (workers + 1))))
+    budget = cluster_cpus / concurrency
+    worker_cpus = math.floor(budget * 0.5 / workers * 100) / 100
+    return TrialPlan(concurrency, round(budget * 0.25, 2), max(1, int(worker_cpus)), worker_cpus)

@@ -1,0 +1,324 @@
+"""Operator that runs one Ray job through the Jobs API and returns its result.
+
+Contract with the entrypoint: it prints its result as ONE JSON object on its LAST log line;
+the operator returns ``{"submission_id": ..., "status": "SUCCEEDED", "result": <that object or
+None>}`` (the task's XCom return value) and pushes the submission id as XCom ``submission_id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.configuration import conf
+
+from churn_airflow.hooks.ray_job import (
+    ACTIVE_STATUSES,
+    RayJobError,
+    RayJobHook,
+    last_lines,
+    parse_result,
+)
+from churn_airflow.triggers.ray_job import STOP_GRACE_S, RayJobTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+    from ray.job_submission import JobDetails
+
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def churn_runtime_env(
+    repo_root: str | Path,
+    *,
+    working_dir: str | Path | None = None,
+    env_vars: Mapping[str, str] | None = None,
+    pip: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """A runtime_env that ships the repo's Ray jobs and the ``churn`` package to the cluster.
+
+    Args:
+        repo_root: the project's checkout (holds ``ray_jobs/`` and ``include/churn``).
+        working_dir: the job's working directory; defaults to ``<repo_root>/ray_jobs``.
+        env_vars: environment variables of the job.
+        pip: extra pip requirements installed for the job.
+
+    Returns:
+        A runtime_env dict (``working_dir``, ``py_modules`` and the optional keys).
+    """
+    root = Path(repo_root)
+    runtime_env: dict[str, Any] = {
+        "working_dir": str(working_dir or root / "ray_jobs"),
+        "py_modules": [str(root / "include" / "churn")],
+        # bytecode caches change the package hash, forcing a new upload per submission
+        "excludes": ["__pycache__/", "*.pyc"],
+    }
+    if env_vars:
+        runtime_env["env_vars"] = {str(k): str(v) for k, v in env_vars.items()}
+    if pip:
+        runtime_env["pip"] = list(pip)
+    return runtime_env
+
+
+def base_submission_id(dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
+    """The deterministic submission id of a task instance's first try.
+
+    Readable dag/task names plus a digest of the exact (dag, run, task, map index) tuple.
+
+    Args:
+        dag_id: the DAG's id.
+        run_id: the DAG run's id.
+        task_id: the task's id.
+        map_index: the mapped index (-1 when not mapped).
+
+    Returns:
+        An id of ``[A-Za-z0-9_.-]`` characters, at most 100 long.
+    """
+    digest = hashlib.sha256(f"{dag_id}\n{run_id}\n{task_id}\n{map_index}".encode()).hexdigest()
+    readable = _UNSAFE_ID_CHARS.sub("_", f"{dag_id}-{task_id}")[:70]
+    return f"af-{readable}-{digest[:16]}"
+
+
+def submission_id_for_try(base_id: str, try_number: int) -> str:
+    """The submission id of a given try: the base id for try 1, ``<base>-try<n>`` after."""
+    return base_id if try_number <= 1 else f"{base_id}-try{try_number}"
+
+
+def _seconds(value: timedelta | float | None) -> float | None:
+    """A duration in seconds (None stays None)."""
+    return value.total_seconds() if isinstance(value, timedelta) else value
+
+
+class SubmitRayJobOperator(BaseOperator):
+    """Submit a Ray job, wait for it while streaming its log, and return its result.
+
+    The submission id is derived from (dag_id, run_id, task_id, map_index), so a retry finds
+    the previous try's job: a PENDING/RUNNING one is re-attached, a SUCCEEDED one is not re-run
+    (its result is returned) and a FAILED/STOPPED one is resubmitted as ``<id>-try<n>``.
+
+    :param entrypoint: shell command of the job (templated).
+    :param runtime_env: Ray runtime_env, e.g. from ``churn_runtime_env`` (templated).
+    :param entrypoint_num_cpus: CPUs reserved for the entrypoint process.
+    :param metadata: string key/values stored with the job; Airflow ids are added (templated).
+    :param ray_conn_id: Airflow connection to the Jobs API.
+    :param wait_for_completion: wait for the job to end; if False, return once submitted.
+    :param deferrable: wait in the triggerer (``RayJobTrigger``) instead of the worker.
+    :param poll_interval: seconds between status checks.
+    :param job_timeout: stop the job and fail the task after this long (from job start).
+    :param log_tail_lines: log lines quoted in the error of a failed job.
+    """
+
+    template_fields: Sequence[str] = ("entrypoint", "runtime_env", "metadata")
+    template_fields_renderers = {"runtime_env": "json", "metadata": "json"}
+    ui_color = "#cfe3f7"
+
+    def __init__(
+        self,
+        *,
+        entrypoint: str,
+        runtime_env: dict[str, Any] | None = None,
+        entrypoint_num_cpus: float | None = None,
+        metadata: dict[str, str] | None = None,
+        ray_conn_id: str = RayJobHook.default_conn_name,
+        wait_for_completion: bool = True,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float = 5.0,
+        job_timeout: timedelta | float | None = None,
+        log_tail_lines: int = 20,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        _check_arguments(
+            entrypoint=entrypoint,
+            entrypoint_num_cpus=entrypoint_num_cpus,
+            wait_for_completion=wait_for_completion,
+            deferrable=deferrable,
+            poll_interval=poll_interval,
+            job_timeout=_seconds(job_timeout),
+        )
+        self.entrypoint = entrypoint
+        self.runtime_env = runtime_env
+        self.entrypoint_num_cpus = entrypoint_num_cpus
+        self.metadata = metadata
+        self.ray_conn_id = ray_conn_id
+        self.wait_for_completion = wait_for_completion
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.job_timeout = _seconds(job_timeout)
+        self.log_tail_lines = log_tail_lines
+        self.submission_id: str | None = None
+
+    @cached_property
+    def hook(self) -> RayJobHook:
+        """The Jobs API hook (built on first use, never in ``__init__``)."""
+        return RayJobHook(ray_conn_id=self.ray_conn_id)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Submit or re-attach the job, then wait, defer or return at once."""
+        ti = context["ti"]
+        base_id = base_submission_id(ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+        previous = self._latest_job(base_id, ti.try_number)
+        if previous is not None and previous.status == "SUCCEEDED":
+            self.log.info("Ray job %s already SUCCEEDED: not re-running it", previous.submission_id)
+            ti.xcom_push(key="submission_id", value=previous.submission_id)
+            return self._finish(previous.submission_id, "SUCCEEDED")
+        if previous is not None and previous.status in ACTIVE_STATUSES:
+            self.submission_id = previous.submission_id
+            self.log.info("Re-attaching to Ray job %s (%s)", self.submission_id, previous.status)
+        else:
+            self.submission_id = self._submit(base_id, previous, context)
+        ti.xcom_push(key="submission_id", value=self.submission_id)
+        if not self.wait_for_completion:
+            status = str(self.hook.get_job_status(self.submission_id))
+            return {"submission_id": self.submission_id, "status": status, "result": None}
+        deadline = self._deadline(self.submission_id)
+        if self.deferrable:
+            self.defer(
+                trigger=RayJobTrigger(
+                    submission_id=self.submission_id,
+                    ray_conn_id=self.ray_conn_id,
+                    poll_interval=self.poll_interval,
+                    deadline=deadline,
+                ),
+                method_name="execute_complete",
+            )
+        status, timed_out = self._wait(self.submission_id, deadline)
+        return self._finish(self.submission_id, status, timed_out=timed_out)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        """Resume after ``RayJobTrigger``: print the rest of the log, then finish or raise."""
+        self.submission_id = event["submission_id"]
+        self._emit_new_lines(self.submission_id, event["log_offset"], final=True)
+        if event["status"] != "success":
+            self._raise_failed(event["submission_id"], event["job_status"], event["timed_out"])
+        return self._finish(self.submission_id, event["job_status"])
+
+    def on_kill(self) -> None:
+        """Stop the job this task is waiting for (no orphan job after a kill)."""
+        if self.submission_id and self.wait_for_completion:
+            self.hook.stop_job(self.submission_id)
+
+    def _latest_job(self, base_id: str, try_number: int) -> JobDetails | None:
+        """The job of the latest earlier-or-current try that exists on the cluster."""
+        for number in range(max(try_number, 1), 0, -1):
+            found = self.hook.find_job(submission_id_for_try(base_id, number))
+            if found is not None:
+                return found
+        return None
+
+    def _submit(self, base_id: str, previous: JobDetails | None, context: Context) -> str:
+        """Submit the job under the current try's id (after a FAILED/STOPPED previous try)."""
+        ti = context["ti"]
+        submission_id = submission_id_for_try(base_id, ti.try_number)
+        if previous is not None:
+            if previous.submission_id == submission_id:
+                self._raise_failed(submission_id, str(previous.status), timed_out=False)
+            self.log.info("Previous Ray job %s ended %s: resubmitting as %s",
+                          previous.submission_id, previous.status, submission_id)
+        airflow_ids = {
+            "airflow_dag_id": ti.dag_id,
+            "airflow_run_id": ti.run_id,
+            "airflow_task_id": ti.task_id,
+            "airflow_map_index": str(ti.map_index),
+            "airflow_try_number": str(ti.try_number),
+        }
+        return self.hook.submit_job(
+            entrypoint=self.entrypoint,
+            submission_id=submission_id,
+            runtime_env=self.runtime_env,
+            metadata={**airflow_ids, **(self.metadata or {})},
+            entrypoint_num_cpus=self.entrypoint_num_cpus,
+        )
+
+    def _deadline(self, submission_id: str) -> float | None:
+        """Epoch seconds at which the job is stopped: job start + ``job_timeout``."""
+        if self.job_timeout is None:
+            return None
+        started_ms = self.hook.get_job_info(submission_id).start_time
+        started = started_ms / 1000 if started_ms else time.time()
+        return started + self.job_timeout
+
+    def _wait(self, submission_id: str, deadline: float | None) -> tuple[str, bool]:
+        """Poll in the worker until the job is terminal or past ``deadline``, streaming logs.
+
+        Returns:
+            (the job's final status, whether it was stopped for passing the deadline).
+        """
+        offset = 0
+        while True:
+            status = self.hook.get_job_status(submission_id)
+            offset = self._emit_new_lines(submission_id, offset, final=status.is_terminal())
+            if status.is_terminal():
+                return str(status), False
+            if deadline is not None and time.time() >= deadline:
+                self.log.warning("Ray job %s passed job_timeout; stopping it", submission_id)
+                status = self._stop_and_wait(submission_id)
+                self._emit_new_lines(submission_id, offset, final=True)
+                return status, True
+            time.sleep(self.poll_interval)
+
+    def _stop_and_wait(self, submission_id: str) -> str:
+        """Stop the job and poll (bounded) until it is terminal; return its last status."""
+        self.hook.stop_job(submission_id)
+        give_up_at = time.monotonic() + STOP_GRACE_S
+        status = self.hook.get_job_status(submission_id)
+        while not status.is_terminal() and time.monotonic() < give_up_at:
+            time.sleep(0.5)
+            status = self.hook.get_job_status(submission_id)
+        return str(status)
+
+    def _emit_new_lines(self, submission_id: str, offset: int, final: bool) -> int:
+        """Log the job's lines after ``offset`` into the task log; return the new offset."""
+        lines, offset = self.hook.get_new_log_lines(submission_id, offset, final)
+        for line in lines:
+            self.log.info("[ray %s] %s", submission_id, line)
+        return offset
+
+    def _finish(self, submission_id: str, status: str, timed_out: bool = False) -> dict[str, Any]:
+        """The task's return value for a SUCCEEDED job; raise for any other end."""
+        if status != "SUCCEEDED" or timed_out:
+            self._raise_failed(submission_id, status, timed_out)
+        result = parse_result(self.hook.get_job_logs(submission_id))
+        self.log.info("Ray job %s SUCCEEDED with result %s", submission_id, result)
+        return {"submission_id": submission_id, "status": status, "result": result}
+
+    def _raise_failed(self, submission_id: str, status: str, timed_out: bool) -> None:
+        """Raise ``RayJobError`` quoting the job's message and its last log lines."""
+        info = self.hook.get_job_info(submission_id)
+        tail = last_lines(self.hook.get_job_logs(submission_id), self.log_tail_lines)
+        reason = f"stopped after job_timeout={self.job_timeout}s" if timed_out else "ended"
+        raise RayJobError(
+            f"Ray job {submission_id} {reason} with status {status}: {info.message}\n"
+            f"Last {len(tail)} log lines:\n" + "\n".join(tail)
+        )
+
+
+def _check_arguments(
+    *,
+    entrypoint: str,
+    entrypoint_num_cpus: float | None,
+    wait_for_completion: bool,
+    deferrable: bool,
+    poll_interval: float,
+    job_timeout: float | None,
+) -> None:
+    """Raise ValueError when the operator's arguments do not fit together."""
+    if not isinstance(entrypoint, str) or not entrypoint.strip():
+        raise ValueError("entrypoint must be a non-empty shell command")
+    if entrypoint_num_cpus is not None and entrypoint_num_cpus < 0:
+        raise ValueError(f"entrypoint_num_cpus must be >= 0, got {entrypoint_num_cpus}")
+    if deferrable and not wait_for_completion:
+        raise ValueError("deferrable=True waits in the triggerer: it needs wait_for_completion")
+    if poll_interval <= 0:
+        raise ValueError(f"poll_interval must be > 0, got {poll_interval}")
+    if job_timeout is not None and job_timeout <= 0:
+        raise ValueError(f"job_timeout must be > 0 seconds, got {job_timeout}")
+    if job_timeout is not None and not wait_for_completion:
+        raise ValueError("job_timeout needs wait_for_completion (nobody watches the job)")

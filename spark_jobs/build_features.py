@@ -1,0 +1,182 @@
+"""spark-submit entry point: validate raw partitions, build point-in-time features and labels.
+
+    spark-submit --master local[2] --py-files churn.zip spark_jobs/build_features.py \\
+        --root data --spec include/datasets/synthetic.yaml --ds 2024-03-01
+    ... --start 2024-02-01 --end 2024-03-01      # a whole range in one Spark pass
+
+Reads the raw partitions the days need, quarantines rejected rows
+(`quarantine/<table>/ds=…`), writes `runs/ds=…/ingest.json` and `features.json` fragments,
+`features/ds=…` for every day and `labels/ds=…` for every day whose horizon has matured. Fails
+(exit code 1, message on stderr) when a day rejects more rows than allowed, a required column is
+missing, or a needed raw partition is missing (unless `--allow-missing`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass
+
+LOG = logging.getLogger("churn.build_features")
+
+
+@dataclass(frozen=True)
+class JobArgs:
+    """What one run computes: the storage root, the spec and the feature days."""
+
+    root: str
+    spec: str
+    start: str
+    end: str
+    max_reject_rate: float | None = None
+    allow_missing: bool = False
+    master: str | None = None
+
+
+def parse_args(argv: list[str] | None = None) -> JobArgs:
+    """Parse the command line (`--ds D`, or `--start D1 --end D2`)."""
+    from churn.storage import validate_ds
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True, help="storage root (folder or s3://...)")
+    parser.add_argument("--spec", required=True, help="dataset spec YAML")
+    parser.add_argument("--ds", type=validate_ds, help="the one day to build")
+    parser.add_argument("--start", type=validate_ds, help="first day of a range")
+    parser.add_argument("--end", type=validate_ds, help="last day of a range")
+    parser.add_argument("--max-reject-rate", type=float, default=None,
+                        help="override spec.validation.max_reject_rate (0..1)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="treat missing raw day partitions as empty instead of failing")
+    parser.add_argument("--master", default=None, help="Spark master (default: from launcher)")
+    ns = parser.parse_args(argv)
+    if bool(ns.ds) == bool(ns.start or ns.end) or bool(ns.start) != bool(ns.end):
+        parser.error("give either --ds, or both --start and --end")
+    start, end = (ns.ds, ns.ds) if ns.ds else (ns.start, ns.end)
+    return JobArgs(ns.root, ns.spec, start, end, ns.max_reject_rate, ns.allow_missing, ns.master)
+
+
+def run(spark, args: JobArgs) -> dict:
+    """Run the job on an existing session (tests pass the shared one).
+
+    Args:
+        spark: the SparkSession.
+        args: what to compute.
+
+    Returns:
+        A summary: feature days, label days, and the counts per table and day.
+
+    Raises:
+        churn.ingest.IngestError: missing partition or column, or too many rejected rows.
+    """
+    from churn import features, ingest, labels
+    from churn.spec import load_spec
+    from churn.storage import Layout, list_partitions
+
+    started = time.monotonic()
+    spec, layout = load_spec(args.spec), Layout(args.root)
+    available = {t: list_partitions(layout.area("raw", t)) for t in spec.tables}
+    plan = ingest.plan_reads(spec, args.start, args.end, available)
+    ingest.check_missing(plan, args.allow_missing)
+    LOG.info("features %s..%s, labels for %d matured day(s); reading %s", args.start, args.end,
+             len(plan.label_days), {t: len(d) for t, d in plan.read_days.items()})
+    checked = {t: _validate_table(spark, layout, spec, t, plan) for t in spec.tables}
+    _publish_ingest(layout, spec, plan, checked, args)
+    events, customers = (checked[t].valid if t in checked else None
+                         for t in ("events", "customers"))
+    types = features.event_types(spec, events)
+    built = features.build_features(spec, plan.feature_days, events, customers, types)
+    _write(built, plan.feature_days, layout.features, "features")
+    if plan.label_days:
+        labelled = labels.build_labels(spec, plan.label_days, events, customers)
+        _write(labelled, plan.label_days, layout.labels, "labels")
+    for result in checked.values():
+        result.release()
+    _publish_outputs(layout, plan, types, time.monotonic() - started)
+    return {"feature_days": plan.feature_days, "label_days": plan.label_days,
+            "counts": {t: {d: c.as_dict() for d, c in r.counts.items()}
+                       for t, r in checked.items()}}
+
+
+def _validate_table(spark, layout, spec, table: str, plan):
+    """Read and validate one table over the plan's days; log each target day's counts."""
+    from churn import ingest
+
+    files = ingest.collect_files(layout, spec, table, plan.read_days[table])
+    raw = ingest.read_raw(spark, spec, table, files)
+    result = ingest.validate(raw, spec, table, plan.feature_days)
+    for ds, day in sorted(result.counts.items()):
+        state = "missing" if ds not in files else ("empty" if day.rows_in == 0 else "ok")
+        LOG.info("%s ds=%s: %s rows in=%d out=%d rejected=%d %s", table, ds, state, day.rows_in,
+                 day.rows_out, day.rows_rejected, day.reasons or "")
+    return result
+
+
+def _publish_ingest(layout, spec, plan, checked: dict, args: JobArgs) -> None:
+    """Write quarantine partitions and `ingest` fragments of the target days, then enforce the
+    reject limit (so a failed day still leaves its evidence behind)."""
+    from pyspark.sql import functions as F
+
+    from churn import ingest, manifest
+
+    max_rate = (args.max_reject_rate if args.max_reject_rate is not None
+                else spec.validation.max_reject_rate)
+    for table, result in checked.items():
+        rejected = result.rejected
+        _write(rejected.where(F.col("ds").isin(plan.feature_days)), plan.feature_days,
+               lambda d, t=table: layout.quarantine(t, d), f"quarantine/{table}")
+    for ds in plan.feature_days:
+        tables = {t: (None if ds in plan.missing.get(t, []) else r.counts[ds].as_dict())
+                  for t, r in checked.items()}
+        over = any(r.counts[ds].reject_rate > max_rate for r in checked.values())
+        payload = manifest.ingest_fragment(ds, tables, max_rate, "failed" if over else "ok")
+        manifest.write_fragment(layout, ds, "ingest", payload)
+    for table, result in checked.items():
+        ingest.check_reject_rate(table, result.counts, max_rate)
+
+
+def _write(frame, days: list[str], partition_uri, what: str) -> None:
+    """Write one partition per day (atomic swap per day) and log it."""
+    from churn.spark import write_day_partitions
+
+    began = time.monotonic()
+    write_day_partitions(frame, days, partition_uri)
+    LOG.info("wrote %s for %d day(s) in %.1fs", what, len(days), time.monotonic() - began)
+
+
+def _publish_outputs(layout, plan, types: list[str], seconds: float) -> None:
+    """Write the `features` fragment of each target day: rows written, label days, timing."""
+    from churn import manifest
+
+    label_rows = {d: manifest.parquet_rows(layout.labels(d)) for d in plan.label_days}
+    for ds in plan.feature_days:
+        rows = manifest.parquet_rows(layout.features(ds))
+        LOG.info("features ds=%s: %d customers", ds, rows)
+        payload = manifest.fragment("features", ds, feature_rows=rows, event_types=types,
+                                    run_days=[plan.feature_days[0], plan.feature_days[-1]],
+                                    label_rows=label_rows, seconds=round(seconds, 3))
+        manifest.write_fragment(layout, ds, "features", payload)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, build the session, run, stop. Returns the process exit code."""
+    from churn.ingest import IngestError
+    from churn.spark import build_session
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    spark = build_session("churn-build-features", master=args.master)
+    try:
+        run(spark, args)
+    except IngestError as exc:
+        LOG.error("build_features failed: %s", exc)
+        return 1
+    finally:
+        spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""`airflow dags test churn_pipeline <ds>` on consecutive days of generated data.
+
+Day 1 (2025-03-15): 4 matured label days < 5 needed, no champion: no training, scoring skipped.
+Day 2 (2025-03-16): 5 matured label days, no champion: trains (Ray Tune) and the gate promotes.
+Day 3 (2025-03-17): not a cadence day: no training, scored with the day-2 champion.
+Then day 3 again: the same predictions, no duplicate rows.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from churn.storage import Layout, exists, read_json
+
+pytestmark = [pytest.mark.airflow, pytest.mark.training]
+
+COLD_DAY, TRAIN_DAY, SCORE_DAY = "2025-03-15", "2025-03-16", "2025-03-17"
+MODEL_NAME = "churn_xgb_e2e"
+
+
+def read_predictions(root: str, ds: str):
+    """One day's predictions, sorted by customer (pandas)."""
+    import pandas as pd
+
+    frame = pd.read_parquet(Layout(root).predictions(ds))
+    return frame.sort_values("customer_id").reset_index(drop=True)
+
+
+def snapshot(root: str, ds: str) -> dict:
+    """What a day left behind: its manifest, its predictions (or None) and the champion."""
+    layout = Layout(root)
+    champion = layout.champion(MODEL_NAME)
+    return {
+        "manifest": read_json(layout.manifest(ds)),
+        "predictions": read_predictions(root, ds) if exists(layout.predictions(ds)) else None,
+        "champion": read_json(champion) if exists(champion) else None,
+    }
+
+
+@pytest.fixture(scope="module")
+def daily_runs(e2e_world) -> dict:
+    """Run the three days and the re-run through `airflow dags test`, snapshotting after each."""
+    root, runs = str(e2e_world.root), {}
+    for key, ds in (("cold", COLD_DAY), ("train", TRAIN_DAY), ("score", SCORE_DAY),
+                    ("rerun", SCORE_DAY)):
+        e2e_world.airflow("dags", "test", "churn_pipeline", ds, "--conf", e2e_world.conf())
+        runs[key] = snapshot(root, ds)
+    return runs
+
+
+class TestColdStart:
+    def test_no_training_without_enough_matured_labels(self, daily_runs):
+        manifest = daily_runs["cold"]["manifest"]
+        assert manifest["trained"] is False
+        decide = manifest["steps"]["decide"]
+        assert decide["label_days"] == 4
+        assert decide["reason"].startswith("not enough matured labels")
+
+    def test_scoring_skipped_but_run_published(self, daily_runs):
+        manifest = daily_runs["cold"]["manifest"]
+        assert manifest["scored"] is False and manifest["model_version"] is None
+        assert "no champion" in manifest["steps"]["score"]["reason"]
+        assert daily_runs["cold"]["predictions"] is None
+        assert daily_runs["cold"]["champion"] is None
+
+    def test_manifest_counts_rows_per_table(self, daily_runs):
+        tables = daily_runs["cold"]["manifest"]["tables"]
+        assert set(tables) == {"events", "customers"}
+        for counts in tables.values():
+            assert counts["rows_in"] == counts["rows_out"] + counts["rows_rejected"]
+            assert counts["rows_out"] > 0
+        assert daily_runs["cold"]["manifest"]["rows"]["features"] == tables["customers"]["rows_out"]
+
+
+class TestTrainingDay:
+    def test_trains_because_no_champion(self, daily_runs):
+        manifest = daily_runs["train"]["manifest"]
+        assert manifest["trained"] is True
+        assert manifest["steps"]["decide"]["reason"] == "no champion yet: first training"
+        assert manifest["steps"]["train"]["status"] == "SUCCEEDED"
+
+    def test_gate_promotes_the_first_model(self, daily_runs):
+        manifest = daily_runs["train"]["manifest"]
+        gate = manifest["gate"]
+        assert gate["promoted"] is True
+        assert gate["challenger_auc"] >= 0.55
+        assert daily_runs["train"]["champion"]["version"] == gate["version"]
+        assert gate["version"].startswith("v20250316-")
+
+    def test_scores_with_the_new_champion(self, daily_runs):
+        manifest = daily_runs["train"]["manifest"]
+        predictions = daily_runs["train"]["predictions"]
+        assert manifest["model_version"] == manifest["gate"]["version"]
+        assert set(predictions["model_version"]) == {manifest["gate"]["version"]}
+        assert len(predictions) == manifest["rows"]["features"] == manifest["rows"]["predictions"]
+
+    def test_manifest_records_versions_and_timings(self, daily_runs):
+        manifest = daily_runs["train"]["manifest"]
+        assert manifest["libraries"]["apache-airflow"] == "3.3.2"
+        assert manifest["libraries"]["pyspark"] == "4.2.0"
+        assert manifest["code_version"] != ""
+        assert manifest["timings"]["features"] > 0
+        assert manifest["timings"]["gate"] > 0
+
+
+class TestNonTrainingDay:
+    def test_not_due(self, daily_runs):
+        manifest = daily_runs["score"]["manifest"]
+        assert manifest["trained"] is False and manifest["gate"] is None
+        assert manifest["steps"]["decide"]["reason"].startswith("not due")
+
+    def test_scored_with_the_champion(self, daily_runs):
+        champion = daily_runs["train"]["champion"]["version"]
+        predictions = daily_runs["score"]["predictions"]
+        assert set(predictions["model_version"]) == {champion}
+        assert set(predictions["ds"]) == {SCORE_DAY}
+        assert predictions["customer_id"].is_unique
+        assert predictions["churn_probability"].between(0, 1).all()
+
+
+class TestRerunSameDay:
+    def test_predictions_identical(self, daily_runs):
+        import pandas as pd
+
+        pd.testing.assert_frame_equal(daily_runs["score"]["predictions"],
+                                      daily_runs["rerun"]["predictions"])
+
+    def test_no_duplicate_rows(self, daily_runs):
+        rerun = daily_runs["rerun"]["predictions"]
+        assert rerun["customer_id"].is_unique
+        assert len(rerun) == daily_runs["rerun"]["manifest"]["rows"]["features"]
+
+    def test_manifest_rewritten_with_the_same_outcome(self, daily_runs):
+        first, again = daily_runs["score"]["manifest"], daily_runs["rerun"]["manifest"]
+        assert again["ds"] == first["ds"] == SCORE_DAY
+        assert again["model_version"] == first["model_version"]
+        assert again["rows"] == first["rows"]

@@ -1,0 +1,113 @@
+"""spark_jobs/score.py on the shared local SparkSession, plus its command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from churn.modeling import MissingFeatureError
+from churn.registry import load_model_dir
+from churn.scoring import score_frame
+from churn.spec import load_spec
+from churn.storage import Layout
+from spark_jobs import score
+from tests.support.model_fixture import ID_COLUMN, VERSION, features_frame, write_model_version
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DS = "2026-02-03"
+ROWS = 240
+
+
+def _write_features(root: Path, frame: pd.DataFrame, ds: str = DS) -> None:
+    part = Path(Layout(str(root)).features(ds))
+    part.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(part / "part-00000.parquet", index=False)
+
+
+def _read_predictions(root: Path, ds: str = DS) -> pd.DataFrame:
+    out = pd.read_parquet(Layout(str(root)).predictions(ds))
+    return out.sort_values("customer_id").reset_index(drop=True)
+
+
+@pytest.fixture()
+def scored_root(tmp_path):
+    """A data root with a champion model and one features partition (plus an extra column)."""
+    frame = features_frame(ROWS, DS)
+    model = write_model_version(str(tmp_path), frame)
+    _write_features(tmp_path, frame.assign(unused_extra="x"))
+    return tmp_path, frame, model
+
+
+class TestRun:
+    def test_writes_the_predictions_contract(self, spark, spec_path, scored_root):
+        root, frame, model = scored_root
+        artifact = load_model_dir(score.resolve_model_uri(str(root), "churn_xgb", None))
+        rows = score.run(spark, str(root), load_spec(spec_path), artifact, DS)
+        got = _read_predictions(root)
+        expected = score_frame(model.booster, model.schema, frame, id_column=ID_COLUMN,
+                               model_version=VERSION, ds=DS)
+        assert rows == ROWS
+        assert list(got.columns) == ["customer_id", "churn_probability", "model_version", "ds"]
+        assert got.dtypes.astype(str).tolist() == ["object", "float64", "object", "object"]
+        assert got["customer_id"].tolist() == frame[ID_COLUMN].tolist()
+        np.testing.assert_allclose(got["churn_probability"], expected["churn_probability"], rtol=1e-6)
+        assert set(got["model_version"]) == {VERSION} and set(got["ds"]) == {DS}
+
+    def test_small_arrow_batches_give_the_same_scores(self, spark, spec_path, scored_root):
+        root, frame, model = scored_root
+        artifact = load_model_dir(model.version_dir)
+        previous = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "17")
+        try:
+            score.run(spark, str(root), load_spec(spec_path), artifact, DS)
+        finally:
+            spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous)
+        got = _read_predictions(root)
+        expected = score_frame(model.booster, model.schema, frame, id_column=ID_COLUMN,
+                               model_version=VERSION, ds=DS)
+        np.testing.assert_allclose(got["churn_probability"], expected["churn_probability"], rtol=1e-6)
+
+    def test_rerun_replaces_the_day_and_touches_no_other(self, spark, spec_path, scored_root):
+        root, frame, _ = scored_root
+        other = Path(Layout(str(root)).predictions("2026-02-02"))
+        other.mkdir(parents=True)
+        (other / "keep.parquet").write_bytes(b"untouched")
+        artifact = load_model_dir(Layout(str(root)).model_version("churn_xgb", VERSION))
+        for _ in range(2):
+            score.run(spark, str(root), load_spec(spec_path), artifact, DS)
+        assert len(_read_predictions(root)) == ROWS
+        assert (other / "keep.parquet").read_bytes() == b"untouched"
+        assert sorted(p.name for p in (root / "predictions").iterdir()) == [
+            "ds=2026-02-02", f"ds={DS}"]
+
+    def test_missing_feature_fails_and_writes_nothing(self, spark, spec_path, tmp_path):
+        frame = features_frame(ROWS, DS)
+        model = write_model_version(str(tmp_path), frame)
+        _write_features(tmp_path, frame.drop(columns=["age"]))
+        with pytest.raises(MissingFeatureError, match="age"):
+            score.run(spark, str(tmp_path), load_spec(spec_path), load_model_dir(model.version_dir), DS)
+        assert not (tmp_path / "predictions").exists() or not any((tmp_path / "predictions").iterdir())
+
+
+class TestCommandLine:
+    def test_no_champion_exits_with_a_clear_message(self, spec_path, tmp_path):
+        _write_features(tmp_path, features_frame(10, DS))
+        proc = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "spark_jobs" / "score.py"), "--root", str(tmp_path),
+             "--spec", str(spec_path), "--ds", DS],
+            capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+        assert proc.returncode == score.EXIT_NO_CHAMPION
+        assert "no champion model for churn_xgb" in proc.stderr
+        assert not (tmp_path / "predictions").exists()
+
+    def test_model_uri_overrides_the_champion(self, tmp_path):
+        assert score.resolve_model_uri(str(tmp_path), "churn_xgb", "/x/models/m/v1") == "/x/models/m/v1"
+
+    def test_rejects_a_bad_ds(self):
+        with pytest.raises(SystemExit):
+            score.parse_args(["--root", "r", "--spec", "s", "--ds", "2026-13-01"])

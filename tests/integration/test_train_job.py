@@ -1,0 +1,84 @@
+"""`ray_jobs/train.py` end to end against the session's real local Ray head (token auth).
+
+The job runs as a subprocess whose driver connects to the fixture's head through RAY_ADDRESS,
+exactly as a Ray job entrypoint would; the test then checks the registry version it wrote and
+runs the promotion gate on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from churn import registry
+from churn.metrics import roc_auc
+from churn.spec import load_spec
+from churn.storage import ds_range
+from churn.training import read_labelled_frame
+from tests.model.synthetic_frames import churn_probability, write_days
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TRAIN_JOB = REPO_ROOT / "ray_jobs" / "train.py"
+RUN_DS = "2026-02-10"
+DAYS = ds_range("2026-01-01", "2026-01-05")
+
+pytestmark = pytest.mark.training
+
+
+def _run_job(ray_head, root: Path, spec_path: Path, *extra: str, timeout_s: int = 420) -> tuple[dict, dict]:
+    """Run the job; return (the JSON of its last stdout line, its --result-file)."""
+    result_file = root / "result.json"
+    env = {**os.environ, **ray_head.client_env()}
+    completed = subprocess.run(
+        [sys.executable, str(TRAIN_JOB), "--root", str(root), "--spec", str(spec_path),
+         "--ds", RUN_DS, "--result-file", str(result_file), "--num-boost-round", "60", *extra],
+        env=env, capture_output=True, text=True, timeout=timeout_s, cwd=REPO_ROOT)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    last_line = completed.stdout.strip().splitlines()[-1]
+    return json.loads(last_line), json.loads(result_file.read_text())
+
+
+def _oracle_auc(root: Path, spec, days: list[str]) -> float:
+    valid = read_labelled_frame(str(root), spec, days)
+    return roc_auc(valid["label"], churn_probability(valid))
+
+
+class TestTrainJob:
+    def test_single_worker_search_writes_a_version_and_passes_the_gate(self, ray_head, tmp_path,
+                                                                       spec_path):
+        spec = load_spec(spec_path)
+        write_days(tmp_path, DAYS, rows=400, seed=21)
+        printed, written = _run_job(ray_head, tmp_path, spec_path, "--trials", "4")
+        assert printed == written
+        version = printed["version"]
+        assert version.startswith("v20260210-")
+        assert printed["window"]["validation_days"] == ["2026-01-05"]
+        assert printed["metrics"]["holdout"] == "time" and printed["metrics"]["rows"] == 400
+        assert set(printed["params"]) >= {"max_depth", "eta", "min_child_weight", "subsample",
+                                          "colsample_bytree", "lambda", "num_boost_round"}
+        assert {"read_s", "tune_s", "total_s"} <= set(printed["timings"])
+        artifact = registry.load_model_dir(printed["version_uri"])
+        stored = registry.read_version_json(str(tmp_path), spec.model.name, version, "metrics.json")
+        assert stored["roc_auc"] == pytest.approx(printed["metrics"]["roc_auc"])
+        assert artifact.meta["code_version"]["churn"] == "0.1.0"
+        assert artifact.meta["plan"]["concurrency"] == 2  # 2 CPUs, 1 CPU per trial
+        oracle = _oracle_auc(tmp_path, spec, ["2026-01-05"])
+        assert stored["roc_auc"] >= 0.95 * oracle, (stored["roc_auc"], oracle)
+
+        decision = registry.gate(str(tmp_path), spec, version, decided_by="test")
+        assert decision.promoted is True
+        assert registry.champion_uri(str(tmp_path), spec.model.name) == printed["version_uri"]
+
+    @pytest.mark.slow
+    def test_train_v2_shape_with_two_workers(self, ray_head, tmp_path, spec_path):
+        write_days(tmp_path, DAYS, rows=300, seed=22)
+        printed, _ = _run_job(ray_head, tmp_path, spec_path, "--trials", "1", "--workers", "2")
+        artifact = registry.load_model_dir(printed["version_uri"])
+        assert artifact.meta["plan"] == {"concurrency": 1, "trial_cpus": 0.5, "nthread": 1,
+                                         "worker_cpus": 0.5}
+        assert printed["metrics"]["roc_auc"] > 0.6

@@ -1,0 +1,84 @@
+"""Tiny synthetic features/labels partitions with a known signal, for the model and registry tests.
+
+The true churn probability is a logistic function of three features (one categorical), so a
+model that learns anything scores well above 0.5 AUC and the oracle AUC is known.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from churn.storage import Layout
+
+PLANS = ("basic", "plus", "pro")
+PLAN_EFFECT = {"basic": 0.8, "plus": 0.0, "pro": -0.8}
+
+
+def churn_probability(frame: pd.DataFrame, signal: float = 1.0) -> np.ndarray:
+    """The true churn probability of each row (the oracle)."""
+    logit = (-0.5 + signal * (-0.8 * (frame["events_30d"] - 5) / 2.5
+                              + 0.04 * (frame["monthly_charges"] - 60) / 2
+                              + frame["plan"].map(PLAN_EFFECT).to_numpy()))
+    return 1.0 / (1.0 + np.exp(-logit.to_numpy(dtype=float)))
+
+
+def make_day(ds: str, rows: int, seed: int, signal: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One day's features and labels frames (contract columns and types)."""
+    rng = np.random.default_rng(seed)
+    features = pd.DataFrame({
+        "customer_id": [f"c{i:05d}" for i in range(rows)],
+        "ds": ds,
+        "events_30d": rng.poisson(5, rows).astype("int64"),
+        "monthly_charges": rng.normal(60, 15, rows).round(2),
+        "tenure_days": rng.integers(1, 900, rows).astype("int64"),
+        "plan": rng.choice(PLANS, rows),
+        "region": rng.choice(("north", "south"), rows),
+    })
+    label = (rng.random(rows) < churn_probability(features, signal)).astype("int32")
+    labels = pd.DataFrame({"customer_id": features["customer_id"], "ds": ds, "label": label})
+    return features, labels
+
+
+def write_days(root: str | Path, days: list[str], rows: int, seed: int = 0,
+               signal: float = 1.0, with_labels: bool = True) -> None:
+    """Write features/ds=D and labels/ds=D partitions for each day."""
+    layout = Layout(str(root))
+    for offset, ds in enumerate(days):
+        features, labels = make_day(ds, rows, seed + offset, signal)
+        frames = [("features", features)] + ([("labels", labels)] if with_labels else [])
+        for area, frame in frames:
+            target = Path(layout.partition(area, ds))
+            target.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False),
+                           target / "part-00000.parquet")
+
+
+def train_version(root: str | Path, spec, ds: str, config: dict | None = None,
+                  rounds: int = 30, created_by: str = "tests") -> dict:
+    """Train one booster in-process (no Ray) on the window of ds and write it as a version.
+
+    Uses the same window, split, encoding, metrics and registry code as `ray_jobs/train.py`.
+    """
+    from ray_jobs.train import Outcome, write_model_version
+
+    from churn import training
+    from churn.modeling import infer_schema, predict_proba
+
+    window = training.training_window(str(root), spec, ds, spec.model.train_days)
+    days = sorted(set(window.train_days + window.validation_days))
+    train, valid = training.split_frame(training.read_labelled_frame(str(root), spec, days),
+                                        window, seed=7)
+    schema = infer_schema(train, spec.id_column)
+    settings = training.BoostSettings(rounds, None, 7)
+    booster, _ = training.fit_booster(config or training.DEFAULT_PARAMS,
+                                      training.encode(schema, train, valid), 1, settings)
+    plan = training.TrialPlan(1, 1.0, 1)
+    outcome = Outcome(booster, schema, valid, predict_proba(booster, schema, valid),
+                      dict(config or training.DEFAULT_PARAMS), booster.num_boosted_rounds(),
+                      window, plan, len(train))
+    return write_model_version(str(root), spec, ds, outcome, created_by, {}, 0.0)

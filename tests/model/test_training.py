@@ -1,0 +1,129 @@
+"""Behaviour of the training code: windows, splits, encoding, resource plans, model quality."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from churn import training
+from churn.metrics import roc_auc
+from churn.modeling import infer_schema, predict_proba
+from churn.spec import load_spec
+from churn.storage import ds_range
+from tests.model.synthetic_frames import churn_probability, write_days
+
+RUN_DS = "2026-02-10"
+
+
+@pytest.fixture(scope="module")
+def spec(spec_path):
+    return load_spec(spec_path)
+
+
+class TestTrainingWindow:
+    def test_time_split_uses_newest_matured_days(self, tmp_path, spec):
+        # Labels up to 2026-01-12 exist, but with a 30-day horizon only days <= 01-11 matured.
+        write_days(tmp_path, ds_range("2026-01-01", "2026-01-12"), rows=20)
+        window = training.training_window(str(tmp_path), spec, "2026-02-10", train_days=10)
+        assert window.holdout == "time"
+        assert window.train_days == tuple(ds_range("2026-01-02", "2026-01-09"))
+        assert window.validation_days == ("2026-01-10", "2026-01-11")
+
+    def test_days_without_labels_or_features_are_skipped(self, tmp_path, spec):
+        write_days(tmp_path, ["2026-01-01", "2026-01-03"], rows=20)
+        write_days(tmp_path, ["2026-01-02"], rows=20, with_labels=False)
+        window = training.training_window(str(tmp_path), spec, RUN_DS, train_days=14)
+        assert (window.train_days, window.validation_days) == (("2026-01-01",), ("2026-01-03",))
+
+    def test_single_day_uses_random_holdout(self, tmp_path, spec):
+        write_days(tmp_path, ["2026-01-05"], rows=20)
+        window = training.training_window(str(tmp_path), spec, RUN_DS, train_days=14)
+        assert window.holdout == "random"
+        assert window.to_meta()["holdout_fraction"] == 0.2
+
+    def test_nothing_matured(self, tmp_path, spec):
+        write_days(tmp_path, ["2026-02-01"], rows=20)
+        with pytest.raises(ValueError, match="no day ≤ 2026-01-11"):
+            training.training_window(str(tmp_path), spec, RUN_DS, train_days=14)
+
+
+class TestSplitAndEncode:
+    def test_random_holdout_is_stratified_and_seeded(self, tmp_path, spec):
+        write_days(tmp_path, ["2026-01-05"], rows=500, seed=4)
+        window = training.training_window(str(tmp_path), spec, RUN_DS, 14)
+        frame = training.read_labelled_frame(str(tmp_path), spec, window.validation_days)
+        train, valid = training.split_frame(frame, window, seed=1)
+        again = training.split_frame(frame, window, seed=1)[1]
+        assert (len(train), len(valid)) == (400, 100)
+        assert valid["customer_id"].tolist() == again["customer_id"].tolist()
+        assert valid["label"].mean() == pytest.approx(frame["label"].mean(), abs=0.01)
+        assert not set(train["customer_id"]) & set(valid["customer_id"])
+
+    def test_categories_encode_like_scoring(self, tmp_path, spec):
+        write_days(tmp_path, ["2026-01-04", "2026-01-05"], rows=60)
+        window = training.training_window(str(tmp_path), spec, RUN_DS, 14)
+        frame = training.read_labelled_frame(str(tmp_path), spec, ["2026-01-04", "2026-01-05"])
+        train, valid = training.split_frame(frame, window, seed=1)
+        schema = infer_schema(train, spec.id_column)
+        data = training.encode(schema, train, valid)
+        plan_column = schema.features.index("plan")
+        expected = valid["plan"].map({"basic": 0, "plus": 1, "pro": 2}).to_numpy(np.float32)
+        np.testing.assert_array_equal(data.x_valid[:, plan_column], expected)
+        assert data.y_valid.tolist() == valid["label"].tolist()
+
+
+class TestPlanTrials:
+    @pytest.mark.parametrize(("cpus", "trials", "cap", "expected"), [
+        (2, 8, None, (2, 1.0, 1)),
+        (2, 1, None, (1, 2.0, 2)),
+        (8, 8, 2, (2, 4.0, 4)),
+        (16, 4, None, (4, 4.0, 4)),
+    ])
+    def test_single_worker_shape(self, cpus, trials, cap, expected):
+        plan = training.plan_trials(cpus, trials, 1, cap)
+        assert (plan.concurrency, plan.trial_cpus, plan.nthread) == expected
+        assert plan.concurrency * plan.trial_cpus <= cpus
+
+    @pytest.mark.parametrize(("cpus", "workers"), [(2, 2), (4, 2), (8, 3), (64, 4)])
+    def test_train_shape_never_exceeds_the_cluster(self, cpus, workers):
+        plan = training.plan_trials(cpus, 8, workers)
+        per_trial = plan.trial_cpus + workers * plan.worker_cpus
+        assert plan.concurrency * per_trial <= cpus
+        assert 0 < plan.worker_cpus and plan.trial_cpus > 0
+
+    def test_two_cpus_two_workers_runs_one_trial_with_half_cpu_workers(self):
+        plan = training.plan_trials(2, 8, 2)
+        assert (plan.concurrency, plan.worker_cpus, plan.trial_cpus) == (1, 0.5, 0.5)
+
+    def test_invalid(self):
+        with pytest.raises(ValueError):
+            training.plan_trials(2, 0, 1)
+
+
+class TestFitBooster:
+    def test_learns_the_signal_near_the_oracle(self, tmp_path, spec):
+        write_days(tmp_path, ds_range("2026-01-01", "2026-01-05"), rows=600, seed=11)
+        window = training.training_window(str(tmp_path), spec, RUN_DS, 14)
+        frame = training.read_labelled_frame(str(tmp_path), spec, ds_range("2026-01-01", "2026-01-05"))
+        train, valid = training.split_frame(frame, window, seed=1)
+        schema = infer_schema(train, spec.id_column)
+        settings = training.BoostSettings(num_boost_round=200, early_stopping_rounds=20, seed=3)
+        config = {**training.DEFAULT_PARAMS, "max_depth": 3, "eta": 0.05}
+        booster, stats = training.fit_booster(config, training.encode(schema, train, valid), 1,
+                                              settings)
+        model_auc = roc_auc(valid["label"], predict_proba(booster, schema, valid))
+        oracle_auc = roc_auc(valid["label"], churn_probability(valid))
+        assert booster.num_boosted_rounds() == stats["best_iteration"] + 1 < 200
+        assert stats["auc"] == pytest.approx(model_auc, abs=1e-3)
+        assert model_auc >= 0.95 * oracle_auc
+
+    def test_seeded_training_is_reproducible(self, tmp_path, spec):
+        write_days(tmp_path, ds_range("2026-01-01", "2026-01-02"), rows=200, seed=2)
+        window = training.training_window(str(tmp_path), spec, RUN_DS, 14)
+        frame = training.read_labelled_frame(str(tmp_path), spec, window.train_days + window.validation_days)
+        train, valid = training.split_frame(frame, window, seed=1)
+        data = training.encode(infer_schema(train, spec.id_column), train, valid)
+        settings = training.BoostSettings(20, None, 5)
+        first, _ = training.fit_booster(training.DEFAULT_PARAMS, data, 1, settings)
+        second, _ = training.fit_booster(training.DEFAULT_PARAMS, data, 1, settings)
+        assert bytes(first.save_raw("ubj")) == bytes(second.save_raw("ubj"))

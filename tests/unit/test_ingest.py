@@ -1,0 +1,194 @@
+"""Raw reading and validation on tiny hand-written partitions, with the shared local Spark."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from churn import ingest
+from churn.spec import DatasetSpec, load_spec
+from churn.storage import Layout
+
+DAY = "2024-01-10"
+HEADER = "customer_id,event_ts,event_type,amount"
+GOOD_ROWS = [
+    "00042,2024-01-10 08:00:00,login,",
+    "00042,2024-01-10 09:30:00,purchase,12.5",
+    "00043,2024-01-10T23:59:59Z,usage,1",
+]
+BAD_ROWS = {
+    ",2024-01-10 10:00:00,login,": ingest.NULL_ID,
+    "00044,yesterday,login,": ingest.BAD_TIMESTAMP,
+    "00044,2024-01-11 00:00:01,login,": ingest.OUTSIDE_DAY,
+    "00044,2024-01-09 23:59:59,login,": ingest.OUTSIDE_DAY,
+    "00045,2024-01-10 11:00:00,purchase,ten": ingest.BAD_NUMBER,
+    "00045,2024-01-10 11:00:00,,": ingest.NULL_TYPE,
+    "00046,2024-01-10 12:00:00": ingest.MALFORMED,
+    "00046,2024-01-10 12:00:00,login,1,extra": ingest.MALFORMED,
+}
+
+
+def _write(root: Path, table: str, ds: str, name: str, text: str) -> Path:
+    path = root / "raw" / table / f"ds={ds}" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _csv(*rows: str, header: str = HEADER) -> str:
+    return "\n".join([header, *rows]) + "\n"
+
+
+def _spec(**events) -> DatasetSpec:
+    base = {"format": "csv", "timestamp": "event_ts", "type": "event_type", "value": "amount",
+            "windows_days": [3, 7]}
+    return DatasetSpec.model_validate({
+        "name": "t", "id_column": "customer_id", "events": {**base, **events},
+        "label": {"kind": "inactivity", "horizon_days": 2}})
+
+
+def _validate(spark, root: Path, spec: DatasetSpec, table: str = "events",
+              days=(DAY,)) -> ingest.Validated:
+    files = ingest.collect_files(Layout(str(root)), spec, table, days)
+    return ingest.validate(ingest.read_raw(spark, spec, table, files), spec, table, days)
+
+
+class TestPlanReads:
+    def test_single_day_reads_the_longest_window_and_matured_labels(self, spec_path):
+        spec = load_spec(spec_path)
+        days = [d for d in _range("2024-01-01", "2024-04-10") if d != "2024-02-03"]
+        plan = ingest.plan_reads(spec, "2024-04-10", "2024-04-10",
+                                 {"events": days, "customers": days})
+        assert plan.feature_days == ["2024-04-10"]
+        assert plan.read_days["events"][0] == "2024-01-12"  # 90 days: Jan 12 .. Apr 10
+        assert plan.read_days["events"][-1] == "2024-04-10"
+        assert plan.label_days == ["2024-03-11"]  # Mar 11 + 30 = Apr 10 = newest raw day
+        assert plan.read_days["customers"] == ["2024-03-11", "2024-04-10"]
+        assert len(plan.read_days["events"]) == 89
+        assert plan.missing == {"events": ["2024-02-03"], "customers": []}
+
+    def test_days_before_the_first_delivery_are_not_needed(self):
+        spec = _spec()
+        days = _range("2024-01-05", "2024-01-12")
+        plan = ingest.plan_reads(spec, "2024-01-06", "2024-01-08", {"events": days})
+        assert plan.read_days["events"] == _range("2024-01-05", "2024-01-10")
+        assert plan.label_days == _range("2024-01-05", "2024-01-08")
+        assert plan.missing == {"events": []}
+
+    def test_missing_target_day_is_an_error_unless_allowed(self):
+        plan = ingest.plan_reads(_spec(), "2024-01-08", "2024-01-08",
+                                 {"events": ["2024-01-06", "2024-01-08"]})
+        assert plan.missing == {"events": ["2024-01-07"]}
+        with pytest.raises(ingest.MissingPartitionError, match="raw/events: 2024-01-07"):
+            ingest.check_missing(plan, allow_missing=False)
+        ingest.check_missing(plan, allow_missing=True)
+
+
+def _range(start: str, end: str) -> list[str]:
+    from churn.storage import ds_range
+
+    return ds_range(start, end)
+
+
+class TestValidate:
+    def test_every_reason_and_counts_add_up(self, spark, tmp_path):
+        dup = GOOD_ROWS[1]
+        _write(tmp_path, "events", DAY, "part-0.csv", _csv(*GOOD_ROWS, *BAD_ROWS, dup, dup))
+        result = _validate(spark, tmp_path, _spec())
+        counts = result.counts[DAY]
+        assert (counts.rows_in, counts.rows_out, counts.rows_rejected) == (13, 3, 10)
+        assert counts.reasons == {"null_id": 1, "bad_timestamp": 1, "outside_partition_day": 2,
+                                  "bad_number": 1, "null_event_type": 1, "malformed_row": 2,
+                                  "duplicate_row": 2}
+        rejected = result.rejected.toPandas()
+        assert len(rejected) == 10
+        by_id = dict(zip(rejected["event_ts"], rejected["reason"]))
+        assert by_id["yesterday"] == "bad_timestamp"
+        assert by_id["2024-01-11 00:00:01"] == "outside_partition_day"
+        assert set(rejected["ds"]) == {DAY}
+        malformed = rejected[rejected["reason"] == "malformed_row"]["raw_record"]
+        assert sorted(malformed) == sorted(r for r, why in BAD_ROWS.items() if why == "malformed_row")
+
+    def test_valid_rows_are_typed_and_keep_leading_zeros(self, spark, tmp_path):
+        _write(tmp_path, "events", DAY, "part-0.csv", _csv(*GOOD_ROWS))
+        rows = _validate(spark, tmp_path, _spec()).valid.orderBy("event_ts").collect()
+        assert [r["customer_id"] for r in rows] == ["00042", "00042", "00043"]
+        assert [r["amount"] for r in rows] == [None, 12.5, 1.0]
+        assert str(rows[2]["event_ts"]) == "2024-01-10 23:59:59"
+        assert {r["_ds"] for r in rows} == {DAY}
+
+    def test_columns_in_any_order_and_extra_columns(self, spark, tmp_path):
+        _write(tmp_path, "events", DAY, "part-0.csv", _csv(GOOD_ROWS[0]))
+        _write(tmp_path, "events", DAY, "part-1.csv",
+               "amount,note,event_type,event_ts,customer_id\n3.5,x,usage,2024-01-10 10:00:00,007\n")
+        rows = _validate(spark, tmp_path, _spec()).valid.orderBy("customer_id").collect()
+        assert [(r["customer_id"], r["event_type"], r["amount"]) for r in rows] == [
+            ("00042", "login", None), ("007", "usage", 3.5)]
+
+    def test_missing_column_names_file_and_column(self, spark, tmp_path):
+        bad = _write(tmp_path, "events", DAY, "part-0.csv",
+                     _csv("00042,2024-01-10 08:00:00,login", header="customer_id,event_ts,event_type"))
+        with pytest.raises(ingest.MissingColumnError, match=f"{bad}.*amount"):
+            _validate(spark, tmp_path, _spec())
+
+    def test_empty_day_is_valid_with_zero_rows(self, spark, tmp_path):
+        _write(tmp_path, "events", DAY, "part-0.csv", HEADER + "\n")
+        result = _validate(spark, tmp_path, _spec())
+        assert result.counts[DAY].as_dict() == {"rows_in": 0, "rows_out": 0, "rows_rejected": 0,
+                                                "reasons": {}, "empty": True}
+        assert result.valid.count() == 0
+
+    @pytest.mark.parametrize("kind, stamp", [("date", "2024-01-10"), ("yyyymmdd", "20240110")])
+    def test_date_timestamp_kinds(self, spark, tmp_path, kind, stamp):
+        _write(tmp_path, "events", DAY, "part-0.csv",
+               _csv(f"1,{stamp},login,", "2,2024/01/10,login,", f"3,{stamp}9,login,"))
+        result = _validate(spark, tmp_path, _spec(timestamp_kind=kind))
+        assert result.counts[DAY].rows_out == 1
+        assert result.counts[DAY].reasons == {"bad_timestamp": 2}
+
+    def test_jsonl_and_parquet_read_as_strings(self, spark, tmp_path):
+        lines = [{"customer_id": "0001", "event_ts": "2024-01-10 01:00:00", "event_type": "login",
+                  "amount": 2}, "not json"]
+        _write(tmp_path, "events", DAY, "part-0.jsonl",
+               "\n".join(json.dumps(x) if isinstance(x, dict) else x for x in lines) + "\n")
+        result = _validate(spark, tmp_path, _spec(format="jsonl"))
+        assert result.counts[DAY].reasons == {"malformed_row": 1}
+        assert [(r["customer_id"], r["amount"]) for r in result.valid.collect()] == [("0001", 2.0)]
+        table = pa.table({"customer_id": ["0002"], "event_ts": ["2024-01-10 02:00:00"],
+                          "event_type": ["usage"], "amount": [1.25]})
+        part = tmp_path / "pq" / "raw" / "events" / f"ds={DAY}"
+        part.mkdir(parents=True)
+        pq.write_table(table, part / "part-0.parquet")
+        rows = _validate(spark, tmp_path / "pq", _spec(format="parquet")).valid.collect()
+        assert [(r["customer_id"], r["amount"]) for r in rows] == [("0002", 1.25)]
+
+    def test_customer_snapshot_rules(self, spark, tmp_path, spec_path):
+        spec = load_spec(spec_path)
+        header = "customer_id,signup_date,plan,region,contract,age,monthly_charges"
+        _write(tmp_path, "customers", DAY, "part-0.csv", _csv(
+            "001,2023-01-01,basic,north,one-year,30,10.5",
+            "002,2023-13-01,basic,north,one-year,30,10.5",
+            "003,2023-01-01,basic,north,one-year,old,10.5",
+            "004,2023-01-01,basic,north,one-year,30,10.5",
+            "004,2023-01-01,pro,north,one-year,30,10.5",
+            "005,,,north,one-year,,", header=header))
+        result = _validate(spark, tmp_path, spec, table="customers")
+        assert result.counts[DAY].reasons == {"bad_date": 1, "bad_number": 1, "duplicate_id": 2}
+        valid = {r["customer_id"]: r for r in result.valid.collect()}
+        assert sorted(valid) == ["001", "005"]
+        assert valid["001"]["age"] == 30.0 and valid["005"]["plan"] is None
+
+
+class TestRejectRate:
+    def test_message_names_table_day_and_top_reasons(self):
+        counts = {DAY: ingest.DayCounts(200, 190, 10, {"null_id": 7, "bad_number": 3}),
+                  "2024-01-11": ingest.DayCounts(100, 100, 0, {})}
+        with pytest.raises(ingest.RejectRateError) as err:
+            ingest.check_reject_rate("events", counts, 0.01)
+        assert str(err.value) == ("table events ds=2024-01-10: 10/200 rows rejected (5.00% > "
+                                  "1.00%); top reasons: null_id=7, bad_number=3")
+        ingest.check_reject_rate("events", counts, 0.05)
