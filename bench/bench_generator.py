@@ -65,8 +65,8 @@ def report(runs: list[dict]) -> dict:
     ratios = {"size": big["customers"] / small["customers"],
               "rows_per_s": big["rows_per_s"] / small["rows_per_s"],
               "peak_rss": big["peak_rss_mb"] / small["peak_rss_mb"]}
-    print(f"ratio largest/smallest: size x{ratios['size']:.0f}, rows/s x{ratios['rows_per_s']:.2f}, "
-          f"peak RSS x{ratios['peak_rss']:.2f}")
+    print(f"ratio largest/smallest: size x{ratios['size']:.0f}, "
+          f"rows/s x{ratios['rows_per_s']:.2f}, peak RSS x{ratios['peak_rss']:.2f}")
     return {"benchmark": "generator", "runs": runs, "ratios_largest_vs_smallest": ratios,
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count()}}
 

@@ -49,17 +49,22 @@ def churn_spec(spec: str) -> str:
     return resolve_spec_path(spec, REPO_ROOT)
 
 
-ROOT = "{{ var.value.get('churn_data_root', churn_env('CHURN_DATA_ROOT', '" + str(
-    REPO_ROOT / "data") + "')) }}"
+def setting(variable: str, env: str, default: str) -> str:
+    """Jinja for a setting: the Airflow Variable, else the worker's env variable, else default."""
+    return f"{{{{ var.value.get('{variable}', churn_env('{env}', '{default}')) }}}}"
+
+
+ROOT = setting("churn_data_root", "CHURN_DATA_ROOT", str(REPO_ROOT / "data"))
 SPEC = "{{ churn_spec(params.dataset_spec) }}"
-EVERY_DAYS = "{{ var.value.get('churn_train_every_days', churn_env('CHURN_TRAIN_EVERY_DAYS', '7')) }}"
-MIN_LABEL_DAYS = "{{ var.value.get('churn_min_label_days', churn_env('CHURN_MIN_LABEL_DAYS', '1')) }}"
+EVERY_DAYS = setting("churn_train_every_days", "CHURN_TRAIN_EVERY_DAYS", "7")
+MIN_LABEL_DAYS = setting("churn_min_label_days", "CHURN_MIN_LABEL_DAYS", "1")
 JOB_ARGS = ["--root", ROOT, "--spec", SPEC, "--ds", "{{ ds }}"]
 
 PARAMS = {
     **spark_params(),
-    "emr_cluster_id": Param("", type="string", pattern=r"^(j-[A-Z0-9]{5,20})?$",
-                            description="EMR cluster id j-… (empty: Variable churn_emr_cluster_id)"),
+    "emr_cluster_id": Param(
+        "", type="string", pattern=r"^(j-[A-Z0-9]{5,20})?$",
+        description="EMR cluster id j-… (empty: Variable churn_emr_cluster_id)"),
     "force_retrain": Param(False, type="boolean",
                            description="train today even if training is not due"),
     "tune_trials": Param(4, type="integer", minimum=1, maximum=64,

@@ -49,10 +49,14 @@ def _connect(address: str | None) -> bool:
     return True
 
 
-def _run_search(data: training.Matrices, frames: tuple, schema: FeatureSchema, trials: int,
+def run_search(data: training.Matrices, frames: tuple, schema: FeatureSchema, trials: int,
                 workers: int, max_concurrent: int | None, settings: training.BoostSettings,
                 storage_path: str, search: bool = True):
-    """Run the Tune search; returns (best result, plan)."""
+    """Run the Tune search (one trial of DEFAULT_PARAMS when search is False).
+
+    Returns:
+        (the best trial's Result, the resource plan it ran with).
+    """
     import ray
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -66,7 +70,8 @@ def _run_search(data: training.Matrices, frames: tuple, schema: FeatureSchema, t
         import ray.data
 
         shape = training.TrainShape(workers, plan.worker_cpus, storage_path)
-        datasets = {"train": ray.data.from_pandas(frames[0]), "valid": ray.data.from_pandas(frames[1])}
+        datasets = {"train": ray.data.from_pandas(frames[0]),
+                    "valid": ray.data.from_pandas(frames[1])}
         trainable = tune.with_parameters(training.train_driver_trial, datasets=datasets,
                                          schema_json=schema.to_json(), shape=shape,
                                          settings=settings)
@@ -86,22 +91,14 @@ def _run_search(data: training.Matrices, frames: tuple, schema: FeatureSchema, t
     return grid.get_best_result(), plan
 
 
+def _storage_path(root: str) -> str:
+    """Where Tune and Train keep their runs: `<root>/ray_results` (absolute when local)."""
+    return root + "/ray_results" if "://" in root else str(Path(root).resolve() / "ray_results")
+
+
 def _best_booster(best) -> object:
     with best.checkpoint.as_directory() as checkpoint_dir:
         return load_booster((Path(checkpoint_dir) / training.MODEL_FILE).read_bytes())
-
-
-def _refit(config: dict, train, valid, schema: FeatureSchema, rounds: int, nthread: int,
-           settings: training.BoostSettings):
-    """Retrain the best config on train + validation for the best trial's number of rounds."""
-    import pandas as pd
-    import xgboost
-
-    full = pd.concat([train, valid], ignore_index=True)
-    matrix = xgboost.DMatrix(schema.to_matrix(full), label=full[LABEL_COLUMN],
-                             feature_names=list(schema.features), nthread=nthread)
-    return xgboost.train(training.booster_params(config, nthread, settings.seed), matrix,
-                         num_boost_round=rounds)
 
 
 @dataclass(frozen=True)
@@ -144,7 +141,8 @@ def _holdout_ids(valid, id_column: str) -> bytes:
     return buffer.getvalue()
 
 
-def train_model(root: str, spec: DatasetSpec, ds: str, trials: int = 8, train_days: int | None = None,
+def train_model(root: str, spec: DatasetSpec, ds: str, trials: int = 8,
+                train_days: int | None = None,
                 workers: int = 1, max_concurrent: int | None = None, seed: int = 42,
                 num_boost_round: int = 300, early_stopping_rounds: int | None = 20,
                 search: bool = True, ray_address: str | None = None,
@@ -172,35 +170,42 @@ def train_model(root: str, spec: DatasetSpec, ds: str, trials: int = 8, train_da
     timings, started = {}, time.perf_counter()
     window = training.training_window(root, spec, ds, train_days or spec.model.train_days)
     settings = training.BoostSettings(num_boost_round, early_stopping_rounds, seed)
+    shape = {"trials": trials, "workers": workers, "max_concurrent": max_concurrent,
+             "search": search}
     owns_ray = _connect(ray_address)
     try:
-        clock = time.perf_counter()
-        frame = training.read_labelled_frame_ray(root, spec, tuple(sorted(set(
-            window.train_days + window.validation_days))))
-        train, valid = training.split_frame(frame, window, seed)
-        schema = infer_schema(train, spec.id_column)
-        data = training.encode(schema, train, valid)
-        timings["read_s"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        storage = str(Path(root).resolve() / "ray_results") if "://" not in root else root + "/ray_results"
-        best, plan = _run_search(data, (train, valid), schema, trials, workers, max_concurrent,
-                                 settings, storage, search)
-        timings["tune_s"] = time.perf_counter() - clock
-        booster = _best_booster(best)
-        scores = predict_proba(booster, schema, valid, nthread=plan.nthread)
-        rounds = booster.num_boosted_rounds()
-        if spec.model.refit_on_full:
-            clock = time.perf_counter()
-            booster = _refit(best.config, train, valid, schema, rounds, plan.nthread, settings)
-            timings["refit_s"] = time.perf_counter() - clock
+        outcome = _search_and_fit(root, spec, window, settings, shape, timings)
     finally:
         if owns_ray:
             import ray
 
             ray.shutdown()
-    outcome = Outcome(booster, schema, valid, scores, best.config, rounds, window, plan,
-                      len(train))
     return write_model_version(root, spec, ds, outcome, created_by, timings, started)
+
+
+def _search_and_fit(root: str, spec: DatasetSpec, window: training.TrainingWindow,
+                    settings: training.BoostSettings, shape: dict, timings: dict) -> Outcome:
+    """Read and split the window, run the search, pick (and maybe refit) the best model."""
+    clock = time.perf_counter()
+    train, valid = training.load_split(root, spec, window, settings.seed,
+                                       training.read_labelled_frame_ray)
+    schema = infer_schema(train, spec.id_column)
+    data = training.encode(schema, train, valid)
+    timings["read_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    best, plan = run_search(data, (train, valid), schema, shape["trials"], shape["workers"],
+                            shape["max_concurrent"], settings, _storage_path(root),
+                            shape["search"])
+    timings["tune_s"] = time.perf_counter() - clock
+    booster = _best_booster(best)
+    scores = predict_proba(booster, schema, valid, nthread=plan.nthread)
+    rounds = booster.num_boosted_rounds()
+    if spec.model.refit_on_full:
+        clock = time.perf_counter()
+        booster = training.refit_booster(best.config, (train, valid), schema, rounds,
+                                         plan.nthread, settings)
+        timings["refit_s"] = time.perf_counter() - clock
+    return Outcome(booster, schema, valid, scores, best.config, rounds, window, plan, len(train))
 
 
 def write_model_version(root: str, spec: DatasetSpec, ds: str, outcome: Outcome, created_by: str,

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from churn.registry import ModelArtifact, champion_uri, load_model_dir
-from churn.scoring import PREDICTION_DDL, batch_scorer, check_features
+from churn.scoring import SCORES_DDL, batch_scorer, check_features
 from churn.spark import build_session, to_spark_uri
 from churn.spec import load_spec
 from churn.storage import Layout, atomic_partition, validate_ds
@@ -75,9 +75,13 @@ def score_features(features, artifact: ModelArtifact, model_bytes_broadcast, *, 
     """
     check_features(artifact.schema, features.columns)
     needed = features.select(id_column, *artifact.schema.features)
+    from pyspark.sql import functions as F
+
     scorer = batch_scorer(lambda: model_bytes_broadcast.value, artifact.schema.to_json(),
-                          id_column=id_column, model_version=artifact.version, ds=ds)
-    return needed.mapInPandas(scorer, schema=PREDICTION_DDL)
+                          id_column=id_column)
+    return needed.mapInPandas(scorer, schema=SCORES_DDL).select(
+        "customer_id", "churn_probability",
+        F.lit(artifact.version).alias("model_version"), F.lit(ds).alias("ds"))
 
 
 def run(spark, root: str, spec, artifact: ModelArtifact, ds: str) -> int:

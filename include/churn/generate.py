@@ -1,12 +1,15 @@
-"""Synthetic churn data: `python -m churn.generate --root DIR --customers N --start D --days K --seed S`.
+"""Synthetic churn data: `python -m churn.generate --root DIR --customers N --start D --days K`.
 
 Writes, for each simulated day ds (each partition atomically through `atomic_partition`):
 
 - `raw/events/ds=…/part-00000.<fmt>`: id, timestamp, event type, amount (names from the spec);
 - `raw/customers/ds=…/part-00000.<fmt>`: the customers alive at the end of ds;
-- `oracle/ds=…/part-00000.parquet`: id, `churn_probability` = 1 - (1 - h)^H, the probability
-  of churning (the `cancel` event) within (ds, ds + H] under the customer's current daily
-  hazard h, H = the spec's `label.horizon_days`;
+- `oracle/ds=…/part-00000.parquet`: id, `churn_probability` = the probability that the customer
+  churns (emits its final `cancel` event) within (ds, ds + H], H = the spec's
+  `label.horizon_days`: 1 - prod(1 - h_k) over the daily hazards h_k along the customer's
+  expected path (see `churn.generate_model.churn_within`). This is exactly the probability of
+  an `event` label on the churn event. For an `inactivity` label it is still the probability
+  of churning, not of silence: the churner's `cancel` is itself an event in (ds, ds + H];
 - `faults.json` at the root: the faults injected (kind, ds, table, exact row counts, ids).
 
 The simulation (see `churn.generate_model`) streams one day at a time, vectorised over all live
@@ -31,7 +34,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from churn import generate_model as gm
-from churn.generate_faults import EventColumns, FaultRecord, check_faults, inject, parse_faults
+from churn.generate_faults import (EventColumns, FaultRecord, check_faults, check_fit, inject,
+                                  parse_faults)
 from churn.spec import DatasetSpec, load_spec
 from churn.storage import Layout, atomic_partition, ds_range, shift_ds, validate_ds
 from churn.storage import filesystem, write_json_atomic
@@ -65,11 +69,14 @@ class _Names:
 
     @property
     def event_columns(self) -> EventColumns:
+        """The event columns faults work on."""
         ev = self.spec.events
-        return EventColumns(self.spec.id_column, ev.timestamp, ev.type, ev.value)
+        return EventColumns(self.spec.id_column, ev.timestamp, ev.type, ev.value,
+                            self.churn_event)
 
     @property
     def churn_event(self) -> str:
+        """The event type a churner emits: the label's event type, else `cancel`."""
         label = self.spec.label
         return label.event_type if label.kind == "event" else gm.CANCEL
 
@@ -100,6 +107,7 @@ def generate(root: str, customers: int, start: str, days: int, seed: int,
                    (dt.date.fromisoformat(start) - _EPOCH).days)
     run = _Run(Layout(root), names, seed, check_faults(faults),
                _fault_day(faults, fault_day, all_days))
+    check_fit(run.kinds, names.event_columns, spec.events.format)
     rng = np.random.default_rng(seed)
     sim = gm.start(rng, customers, params or gm.SimParams())
     for index, ds in enumerate(all_days):
@@ -284,6 +292,7 @@ def _fault_list(text: str) -> tuple[str, ...]:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line options."""
     parser = argparse.ArgumentParser(prog="python -m churn.generate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True, help="data root (folder or s3://bucket/prefix)")

@@ -8,6 +8,7 @@ pandas frame of strings (None = null); `malformed_rows` adds raw text lines the 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -42,6 +43,7 @@ class EventColumns:
     timestamp: str
     type: str | None
     value: str | None
+    churn_event: str = "cancel"   # the event type faults never touch
 
 
 @dataclass
@@ -59,7 +61,7 @@ def parse_faults(text: str | None) -> tuple[str, ...]:
     return check_faults(k.strip() for k in (text or "").split(",") if k.strip())
 
 
-def check_faults(kinds) -> tuple[str, ...]:
+def check_faults(kinds: Iterable[str]) -> tuple[str, ...]:
     """The fault kinds as a tuple; ValueError naming any unknown kind."""
     kinds = tuple(kinds)
     unknown = sorted(set(kinds) - set(FAULT_KINDS))
@@ -68,12 +70,20 @@ def check_faults(kinds) -> tuple[str, ...]:
     return kinds
 
 
+def check_fit(kinds: tuple[str, ...], cols: EventColumns, fmt: str) -> None:
+    """Refuse, before anything is written, faults the events table cannot carry."""
+    if "malformed_rows" in kinds and fmt not in ("csv", "jsonl"):
+        raise ValueError(f"fault malformed_rows needs a csv or jsonl events table, not {fmt}")
+    if "missing_column" in kinds and cols.value is None:
+        raise ValueError("fault missing_column needs an events value column in the spec")
+
+
 def inject(frame: pd.DataFrame, kinds: tuple[str, ...], cols: EventColumns, ds: str, fmt: str,
            rng: np.random.Generator) -> FaultedDay:
     """Apply `kinds` to one day's events.
 
-    Row-level faults touch disjoint, randomly chosen rows that are not `cancel` events, so each
-    count is exact and no churn signal is destroyed.
+    Row-level faults touch disjoint, randomly chosen rows that are not churn (`cancel`) events,
+    so each count is exact and no churn signal is destroyed.
 
     Args:
         frame: the day's events, every column as strings (None for null).
@@ -86,6 +96,7 @@ def inject(frame: pd.DataFrame, kinds: tuple[str, ...], cols: EventColumns, ds: 
     Returns:
         The faulted frame, extra raw lines and one record per fault.
     """
+    check_fit(kinds, cols, fmt)
     day = FaultedDay(frame.copy())
     pool = _candidate_rows(day.frame, cols, rng)
     for kind in kinds:
@@ -98,12 +109,12 @@ def _candidate_rows(frame: pd.DataFrame, cols: EventColumns, rng: np.random.Gene
     """Row labels that faults may touch, shuffled; faults pop from it so rows never overlap."""
     ok = np.ones(len(frame), dtype=bool)
     if cols.type is not None:
-        ok &= (frame[cols.type] != "cancel").to_numpy()
+        ok &= (frame[cols.type] != cols.churn_event).to_numpy()
     labels = frame.index[ok].to_numpy()
     return list(rng.permutation(labels))
 
 
-def _take(pool: list, n: int, kind: str, where=None) -> list:
+def _take(pool: list, n: int, kind: str, where: Callable[[object], bool] | None = None) -> list:
     """Pop `n` rows from the pool (those satisfying `where` when given)."""
     chosen = [r for r in pool if where is None or where(r)][:n]
     if len(chosen) < n:
@@ -114,13 +125,13 @@ def _take(pool: list, n: int, kind: str, where=None) -> list:
 
 
 def _ids(frame: pd.DataFrame, rows: list, cols: EventColumns) -> list[str | None]:
+    """Ids of the given rows."""
     return [frame.at[r, cols.id] for r in rows]
 
 
 def _malformed_rows(day: FaultedDay, cols: EventColumns, ds: str, fmt: str,
                     pool: list) -> FaultRecord:
-    if fmt not in ("csv", "jsonl"):
-        raise ValueError(f"fault malformed_rows needs a csv or jsonl events table, not {fmt}")
+    """Append 5 lines with too few or too many fields, or no structure at all."""
     row = day.frame.loc[_take(pool, 1, "malformed_rows")[0]]
     values = [str(v) if v is not None else "" for v in row.tolist()]
     if fmt == "csv":
@@ -135,6 +146,7 @@ def _malformed_rows(day: FaultedDay, cols: EventColumns, ds: str, fmt: str,
 
 def _wrong_types(day: FaultedDay, cols: EventColumns, ds: str, fmt: str,
                  pool: list) -> FaultRecord:
+    """3 non-numeric amounts and 2 unparseable timestamps (5 distinct rows)."""
     frame, detail = day.frame, {}
     if cols.value is not None:
         rows = _take(pool, WRONG_AMOUNTS, "wrong_types",
@@ -150,13 +162,13 @@ def _wrong_types(day: FaultedDay, cols: EventColumns, ds: str, fmt: str,
 
 def _missing_column(day: FaultedDay, cols: EventColumns, ds: str, fmt: str,
                     pool: list) -> FaultRecord:
-    if cols.value is None:
-        raise ValueError("fault missing_column needs an events value column in the spec")
+    """Drop the value column for the whole day (every row counts)."""
     day.frame = day.frame.drop(columns=[cols.value])
     return FaultRecord("missing_column", ds, "events", len(day.frame), {"column": cols.value})
 
 
 def _null_ids(day: FaultedDay, cols: EventColumns, ds: str, fmt: str, pool: list) -> FaultRecord:
+    """Blank the id of 3 rows."""
     rows = _take(pool, NULL_IDS, "null_ids")
     detail = {"original_ids": _ids(day.frame, rows, cols)}
     day.frame.loc[rows, cols.id] = None
@@ -165,6 +177,7 @@ def _null_ids(day: FaultedDay, cols: EventColumns, ds: str, fmt: str, pool: list
 
 def _duplicate_rows(day: FaultedDay, cols: EventColumns, ds: str, fmt: str,
                     pool: list) -> FaultRecord:
+    """Repeat 4 rows exactly, each next to its original."""
     rows = _take(pool, DUPLICATE_ROWS, "duplicate_rows")
     copies = day.frame.loc[rows]
     day.frame = pd.concat([day.frame, copies]).sort_index(kind="stable")
@@ -174,6 +187,7 @@ def _duplicate_rows(day: FaultedDay, cols: EventColumns, ds: str, fmt: str,
 
 def _future_dated(day: FaultedDay, cols: EventColumns, ds: str, fmt: str,
                   pool: list) -> FaultRecord:
+    """Move 3 rows to the next 1, 2, 3 days (same time of day)."""
     rows = _take(pool, FUTURE_DATED, "future_dated")
     base = dt.date.fromisoformat(ds)
     stamps = []
@@ -187,6 +201,7 @@ def _future_dated(day: FaultedDay, cols: EventColumns, ds: str, fmt: str,
 
 
 def _empty_day(day: FaultedDay, cols: EventColumns, ds: str, fmt: str, pool: list) -> FaultRecord:
+    """Keep the header only; the record counts the rows removed."""
     removed = len(day.frame)
     day.frame = day.frame.iloc[:0]
     pool.clear()
@@ -195,6 +210,7 @@ def _empty_day(day: FaultedDay, cols: EventColumns, ds: str, fmt: str, pool: lis
 
 def _missing_day(day: FaultedDay, cols: EventColumns, ds: str, fmt: str,
                  pool: list) -> FaultRecord:
+    """Write no raw partition at all (events nor customers) for the day."""
     day.skip = True
     return FaultRecord("missing_day", ds, "events", len(day.frame),
                        {"tables": ["events", "customers"]})

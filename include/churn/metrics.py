@@ -21,7 +21,8 @@ def _as_arrays(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y_true, dtype=np.int64)
     p = np.asarray(scores, dtype=np.float64)
     if y.shape != p.shape or y.ndim != 1 or len(y) == 0:
-        raise ValueError(f"labels and scores must be equal-length 1-d arrays, got {y.shape}, {p.shape}")
+        raise ValueError("labels and scores must be equal-length 1-d arrays, "
+                         f"got {y.shape}, {p.shape}")
     return y, p
 
 
@@ -164,7 +165,8 @@ def render_report(y_true, scores, importance: dict[str, float], metrics: dict,
                    for k, v in sorted(metrics.items()))
     images = "".join(f'<figure><img src="{name}" alt="{name}"></figure>' for name in PLOT_FILES)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"</head><body><h1>{html.escape(title)}</h1><table>{rows}</table>{images}</body></html>")
+            f"</head><body><h1>{html.escape(title)}</h1><table>{rows}</table>{images}"
+            "</body></html>")
     return {REPORT_FILE: page.encode(), **pngs}
 
 

@@ -30,7 +30,8 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from churn.modeling import FeatureSchema
-from churn.storage import Layout, filesystem, read_json, validate_ds, validate_name, write_json_atomic
+from churn.storage import (Layout, filesystem, read_json, validate_ds, validate_name,
+                           write_json_atomic)
 
 MODEL_FILE = "model.ubj"
 FEATURES_FILE = "features.json"

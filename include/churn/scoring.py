@@ -15,7 +15,7 @@ import pandas as pd
 from churn.modeling import FeatureSchema, MissingFeatureError, load_booster, predict_proba
 
 PREDICTION_COLUMNS = ("customer_id", "churn_probability", "model_version", "ds")
-PREDICTION_DDL = "customer_id string, churn_probability double, model_version string, ds string"
+SCORES_DDL = "customer_id string, churn_probability double"
 
 # Boosters already built in this process, keyed by the SHA-256 of their model bytes.
 _BOOSTERS: dict[str, object] = {}
@@ -54,15 +54,35 @@ def check_features(schema: FeatureSchema, columns: Iterable[str]) -> None:
         raise MissingFeatureError(f"features missing from the input: {', '.join(missing)}")
 
 
-def score_frame(booster, schema: FeatureSchema, frame: pd.DataFrame, *, id_column: str,
-                model_version: str, ds: str, nthread: int = 1) -> pd.DataFrame:
-    """Score one features frame into the predictions contract.
+def probabilities_frame(booster, schema: FeatureSchema, frame: pd.DataFrame, *, id_column: str,
+                        nthread: int = 1) -> pd.DataFrame:
+    """Score one features frame into `customer_id, churn_probability` (the UDF's output).
 
     Args:
         booster: a binary:logistic XGBoost booster.
         schema: the feature schema stored with the model (features aligned by name).
         frame: features; extra columns are ignored, a missing feature raises.
         id_column: the dataset's customer id column (written out as `customer_id`).
+        nthread: prediction threads.
+
+    Returns:
+        Two columns, one row per input row, in input order.
+    """
+    return pd.DataFrame({
+        "customer_id": frame[id_column].astype(str).to_numpy(dtype=object),
+        "churn_probability": predict_proba(booster, schema, frame, nthread=nthread),
+    })
+
+
+def score_frame(booster, schema: FeatureSchema, frame: pd.DataFrame, *, id_column: str,
+                model_version: str, ds: str, nthread: int = 1) -> pd.DataFrame:
+    """Score one features frame into the full predictions contract.
+
+    Args:
+        booster: a binary:logistic XGBoost booster.
+        schema: the feature schema stored with the model.
+        frame: features (extra columns ignored, a missing feature raises).
+        id_column: the dataset's customer id column.
         model_version: the registry version that produced the scores.
         ds: the partition key of the scored day.
         nthread: prediction threads.
@@ -70,53 +90,45 @@ def score_frame(booster, schema: FeatureSchema, frame: pd.DataFrame, *, id_colum
     Returns:
         A frame with exactly `PREDICTION_COLUMNS`, one row per input row, in input order.
     """
-    probabilities = predict_proba(booster, schema, frame, nthread=nthread)
-    return pd.DataFrame({
-        "customer_id": frame[id_column].astype("string").to_numpy(dtype=object),
-        "churn_probability": probabilities,
-        "model_version": model_version,
-        "ds": ds,
-    }, columns=list(PREDICTION_COLUMNS))
+    scores = probabilities_frame(booster, schema, frame, id_column=id_column, nthread=nthread)
+    return scores.assign(model_version=model_version, ds=ds)[list(PREDICTION_COLUMNS)]
 
 
 def score_batches(batches: Iterable[pd.DataFrame], model_bytes: bytes, schema: FeatureSchema, *,
-                  id_column: str, model_version: str, ds: str) -> Iterator[pd.DataFrame]:
+                  id_column: str) -> Iterator[pd.DataFrame]:
     """Score a stream of Arrow batches (the `mapInPandas` body) with one booster for all.
+
+    The constant `model_version` and `ds` columns are added by Spark, not per batch here: they
+    would double the Arrow traffic back to the JVM.
 
     Args:
         batches: feature frames, as Spark hands them to a pandas UDF.
         model_bytes: the model's UBJ bytes (from a broadcast variable).
         schema: the model's feature schema.
         id_column: the dataset's customer id column.
-        model_version: the registry version.
-        ds: the scored day.
 
     Yields:
-        One predictions frame per input batch.
+        One `customer_id, churn_probability` frame per input batch.
     """
     booster = cached_booster(model_bytes)
     for batch in batches:
-        yield score_frame(booster, schema, batch, id_column=id_column,
-                          model_version=model_version, ds=ds)
+        yield probabilities_frame(booster, schema, batch, id_column=id_column)
 
 
-def batch_scorer(model_bytes_getter: Callable[[], bytes], schema_json: str, *, id_column: str,
-                 model_version: str, ds: str) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+def batch_scorer(model_bytes_getter: Callable[[], bytes], schema_json: str, *,
+                 id_column: str) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """A picklable `mapInPandas` function; it fetches the model bytes lazily on the worker.
 
     Args:
         model_bytes_getter: returns the model bytes on the worker (e.g. a broadcast's `.value`).
         schema_json: `FeatureSchema.to_json()` (a string ships cheaply in the closure).
         id_column: the dataset's customer id column.
-        model_version: the registry version.
-        ds: the scored day.
 
     Returns:
-        A function from an iterator of feature batches to an iterator of prediction batches.
+        A function from feature batches to `customer_id, churn_probability` batches.
     """
     def _score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         schema = FeatureSchema.from_json(schema_json)
-        yield from score_batches(batches, model_bytes_getter(), schema, id_column=id_column,
-                                 model_version=model_version, ds=ds)
+        yield from score_batches(batches, model_bytes_getter(), schema, id_column=id_column)
 
     return _score

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,11 @@ class TrainingWindow:
     train_days: tuple[str, ...]
     validation_days: tuple[str, ...]
     holdout: str
+
+    @property
+    def days(self) -> tuple[str, ...]:
+        """Every day of the window, oldest first (train and validation days may coincide)."""
+        return tuple(sorted(set(self.train_days + self.validation_days)))
 
     def to_meta(self) -> dict:
         """The window as stored in meta.json (the gate re-reads `validation_days`)."""
@@ -89,7 +95,8 @@ def join_labels(features: pd.DataFrame, labels: pd.DataFrame, id_column: str) ->
     return features.merge(labels[[*keys, LABEL_COLUMN]], on=keys, how="inner", validate="1:1")
 
 
-def read_labelled_frame(root: str, spec: DatasetSpec, days: list[str] | tuple[str, ...]) -> pd.DataFrame:
+def read_labelled_frame(root: str, spec: DatasetSpec,
+                        days: list[str] | tuple[str, ...]) -> pd.DataFrame:
     """Features joined with labels for some days, read with pyarrow (no Ray needed: the gate)."""
     import pyarrow.parquet as pq
 
@@ -129,6 +136,12 @@ def split_frame(frame: pd.DataFrame, window: TrainingWindow,
     train, valid = train_test_split(frame, test_size=HOLDOUT_FRACTION, random_state=seed,
                                     stratify=frame[LABEL_COLUMN])
     return train.reset_index(drop=True), valid.reset_index(drop=True)
+
+
+def load_split(root: str, spec: DatasetSpec, window: TrainingWindow, seed: int,
+               reader: Callable = read_labelled_frame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read the window's labelled rows (pyarrow, or `read_labelled_frame_ray`) and split them."""
+    return split_frame(reader(root, spec, window.days), window, seed)
 
 
 @dataclass(frozen=True)
@@ -198,6 +211,21 @@ def fit_booster(config: dict, data: Matrices, nthread: int, settings: BoostSetti
                             early_stopping_rounds=settings.early_stopping_rounds,
                             verbose_eval=False)
     return _cut_at_best(booster, evals_log["valid"])
+
+
+def refit_booster(config: dict, frames: tuple[pd.DataFrame, ...], schema: FeatureSchema,
+                  rounds: int, nthread: int, settings: BoostSettings):
+    """Retrain a config on several frames together (train + validation) for a fixed round count.
+
+    Used when spec.model.refit_on_full is set: the best trial's round count, no early stopping.
+    """
+    import xgboost
+
+    full = pd.concat(frames, ignore_index=True)
+    matrix = xgboost.DMatrix(schema.to_matrix(full), label=full[LABEL_COLUMN],
+                             feature_names=list(schema.features), nthread=nthread)
+    return xgboost.train(booster_params(config, nthread, settings.seed), matrix,
+                         num_boost_round=rounds)
 
 
 def _cut_at_best(booster, valid_log: dict):
@@ -295,7 +323,8 @@ def _score_valid(booster, valid: pd.DataFrame, schema_json: str) -> dict:
 
     scores = predict_proba(booster, FeatureSchema.from_json(schema_json), valid)
     labels = valid[LABEL_COLUMN].to_numpy()
-    return {"auc": roc_auc(labels, scores), "logloss": float(log_loss(labels, scores, labels=[0, 1])),
+    return {"auc": roc_auc(labels, scores),
+            "logloss": float(log_loss(labels, scores, labels=[0, 1])),
             "best_iteration": booster.num_boosted_rounds() - 1}
 
 
@@ -331,7 +360,8 @@ def plan_trials(cluster_cpus: float, trials: int, workers: int,
         The plan; `concurrency` becomes `TuneConfig.max_concurrent_trials`.
     """
     if cluster_cpus <= 0 or trials < 1 or workers < 1:
-        raise ValueError(f"need CPUs, trials and workers > 0, got {cluster_cpus}, {trials}, {workers}")
+        raise ValueError(f"need CPUs, trials and workers > 0, got {cluster_cpus}, {trials}, "
+                         f"{workers}")
     cap = max_concurrent or trials
     if workers == 1:
         concurrency = max(1, min(trials, cap, int(cluster_cpus)))

@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 E2E_SPEC = Path(__file__).with_name("churn_e2e.yaml")
 START = "2025-03-05"  # data: START .. START + DAYS - 1
 DAYS = 19
-CUSTOMERS = 400
+CUSTOMERS = 500
 BULK_END = "2025-03-14"  # features/labels before the first DAG day, in one Spark pass
 MIN_LABEL_DAYS = 5
 TRAIN_EVERY_DAYS = 7  # cadence days (days since epoch % 7 == 0) in range: 2025-03-13, 2025-03-20

@@ -30,7 +30,8 @@ DAYS = ds_range("2026-01-01", "2026-01-05")
 pytestmark = pytest.mark.training
 
 
-def _run_job(ray_head, root: Path, spec_path: Path, *extra: str, timeout_s: int = 420) -> tuple[dict, dict]:
+def _run_job(ray_head, root: Path, spec_path: Path, *extra: str,
+             timeout_s: int = 420) -> tuple[dict, dict]:
     """Run the job; return (the JSON of its last stdout line, its --result-file)."""
     result_file = root / "result.json"
     env = {**os.environ, **ray_head.client_env()}

@@ -27,7 +27,8 @@ def churn_probability(frame: pd.DataFrame, signal: float = 1.0) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logit.to_numpy(dtype=float)))
 
 
-def make_day(ds: str, rows: int, seed: int, signal: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def make_day(ds: str, rows: int, seed: int,
+             signal: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One day's features and labels frames (contract columns and types)."""
     rng = np.random.default_rng(seed)
     features = pd.DataFrame({
@@ -70,9 +71,7 @@ def train_version(root: str | Path, spec, ds: str, config: dict | None = None,
     from churn.modeling import infer_schema, predict_proba
 
     window = training.training_window(str(root), spec, ds, spec.model.train_days)
-    days = sorted(set(window.train_days + window.validation_days))
-    train, valid = training.split_frame(training.read_labelled_frame(str(root), spec, days),
-                                        window, seed=7)
+    train, valid = training.load_split(str(root), spec, window, seed=7)
     schema = infer_schema(train, spec.id_column)
     settings = training.BoostSettings(rounds, None, 7)
     booster, _ = training.fit_booster(config or training.DEFAULT_PARAMS,

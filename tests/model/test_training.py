@@ -20,6 +20,13 @@ def spec(spec_path):
     return load_spec(spec_path)
 
 
+def _split(root, spec, days: list[str], rows: int, seed: int = 0):
+    """Write labelled days and return (window, train, valid) as the job would split them."""
+    write_days(root, days, rows=rows, seed=seed)
+    window = training.training_window(str(root), spec, RUN_DS, 14)
+    return (window, *training.load_split(str(root), spec, window, seed=1))
+
+
 class TestTrainingWindow:
     def test_time_split_uses_newest_matured_days(self, tmp_path, spec):
         # Labels up to 2026-01-12 exist, but with a 30-day horizon only days <= 01-11 matured.
@@ -49,10 +56,8 @@ class TestTrainingWindow:
 
 class TestSplitAndEncode:
     def test_random_holdout_is_stratified_and_seeded(self, tmp_path, spec):
-        write_days(tmp_path, ["2026-01-05"], rows=500, seed=4)
-        window = training.training_window(str(tmp_path), spec, RUN_DS, 14)
-        frame = training.read_labelled_frame(str(tmp_path), spec, window.validation_days)
-        train, valid = training.split_frame(frame, window, seed=1)
+        window, train, valid = _split(tmp_path, spec, ["2026-01-05"], rows=500, seed=4)
+        frame = training.read_labelled_frame(str(tmp_path), spec, window.days)
         again = training.split_frame(frame, window, seed=1)[1]
         assert (len(train), len(valid)) == (400, 100)
         assert valid["customer_id"].tolist() == again["customer_id"].tolist()
@@ -60,10 +65,7 @@ class TestSplitAndEncode:
         assert not set(train["customer_id"]) & set(valid["customer_id"])
 
     def test_categories_encode_like_scoring(self, tmp_path, spec):
-        write_days(tmp_path, ["2026-01-04", "2026-01-05"], rows=60)
-        window = training.training_window(str(tmp_path), spec, RUN_DS, 14)
-        frame = training.read_labelled_frame(str(tmp_path), spec, ["2026-01-04", "2026-01-05"])
-        train, valid = training.split_frame(frame, window, seed=1)
+        _, train, valid = _split(tmp_path, spec, ["2026-01-04", "2026-01-05"], rows=60)
         schema = infer_schema(train, spec.id_column)
         data = training.encode(schema, train, valid)
         plan_column = schema.features.index("plan")
@@ -102,10 +104,7 @@ class TestPlanTrials:
 
 class TestFitBooster:
     def test_learns_the_signal_near_the_oracle(self, tmp_path, spec):
-        write_days(tmp_path, ds_range("2026-01-01", "2026-01-05"), rows=600, seed=11)
-        window = training.training_window(str(tmp_path), spec, RUN_DS, 14)
-        frame = training.read_labelled_frame(str(tmp_path), spec, ds_range("2026-01-01", "2026-01-05"))
-        train, valid = training.split_frame(frame, window, seed=1)
+        _, train, valid = _split(tmp_path, spec, ds_range("2026-01-01", "2026-01-05"), 600, 11)
         schema = infer_schema(train, spec.id_column)
         settings = training.BoostSettings(num_boost_round=200, early_stopping_rounds=20, seed=3)
         config = {**training.DEFAULT_PARAMS, "max_depth": 3, "eta": 0.05}
@@ -118,12 +117,22 @@ class TestFitBooster:
         assert model_auc >= 0.95 * oracle_auc
 
     def test_seeded_training_is_reproducible(self, tmp_path, spec):
-        write_days(tmp_path, ds_range("2026-01-01", "2026-01-02"), rows=200, seed=2)
-        window = training.training_window(str(tmp_path), spec, RUN_DS, 14)
-        frame = training.read_labelled_frame(str(tmp_path), spec, window.train_days + window.validation_days)
-        train, valid = training.split_frame(frame, window, seed=1)
+        _, train, valid = _split(tmp_path, spec, ds_range("2026-01-01", "2026-01-02"), 200, 2)
         data = training.encode(infer_schema(train, spec.id_column), train, valid)
         settings = training.BoostSettings(20, None, 5)
         first, _ = training.fit_booster(training.DEFAULT_PARAMS, data, 1, settings)
         second, _ = training.fit_booster(training.DEFAULT_PARAMS, data, 1, settings)
         assert bytes(first.save_raw("ubj")) == bytes(second.save_raw("ubj"))
+
+    def test_refit_uses_every_row_and_the_given_rounds(self, tmp_path, spec):
+        _, train, valid = _split(tmp_path, spec, ds_range("2026-01-01", "2026-01-02"), 200, 2)
+        schema = infer_schema(train, spec.id_column)
+        settings = training.BoostSettings(50, None, 5)
+        params = training.DEFAULT_PARAMS
+        refit = training.refit_booster(params, (train, valid), schema, 7, 1, settings)
+        only_train = training.refit_booster(params, (train,), schema, 7, 1, settings)
+        assert refit.num_boosted_rounds() == 7
+        # Trained on 400 rows rather than 200: the root's hessian cover doubles.
+        cover = [float(tree.split("cover=")[1].split()[0].rstrip(",")) for tree in
+                 (refit.get_dump(with_stats=True)[0], only_train.get_dump(with_stats=True)[0])]
+        assert cover[0] == pytest.approx(2 * cover[1], rel=0.2)

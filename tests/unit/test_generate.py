@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import tracemalloc
 from pathlib import Path
 
 import pandas as pd
@@ -82,6 +83,9 @@ class TestLayoutAndColumns:
         parsed = pd.to_datetime(all_events["event_ts"], format="%Y-%m-%d %H:%M:%S")
         assert parsed.notna().all()
 
+    def test_event_types_are_the_ones_the_spec_lists(self, all_events, spec_path):
+        assert set(all_events["event_type"]) == set(load_spec(spec_path).events.types)
+
     def test_amounts_only_on_usage_and_purchase(self, all_events):
         has_amount = all_events["amount"] != ""
         assert set(all_events.loc[has_amount, "event_type"]) == {"usage", "purchase"}
@@ -143,6 +147,17 @@ class TestChurn:
         window = all_events[(all_events["ds"] > ds) & (all_events["ds"] <= shift_ds(ds, 30))]
         silent = set(_customers(root, shift_ds(ds, 30))["customer_id"]) - set(window["customer_id"])
         assert not silent
+
+
+class TestStreaming:
+    def test_peak_memory_does_not_grow_with_days(self, tmp_path):
+        peaks = []
+        for days in (10, 100):
+            tracemalloc.start()
+            generate(str(tmp_path / str(days)), customers=500, start=START, days=days, seed=1)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+            tracemalloc.stop()
+        assert peaks[1] < 1.3 * peaks[0], peaks
 
 
 class TestDeterminism:
@@ -304,3 +319,38 @@ class TestCli:
         assert f"events={summary.rows['events']:,}" in out
         assert "fault: duplicate_rows on 2026-01-03 (events): 4 rows" in out
         assert f"events: {tmp_path}/raw/events" in out
+
+
+class TestFaultFormats:
+    @staticmethod
+    def _spec(spec_path, events_format: str) -> DatasetSpec:
+        raw = load_spec(spec_path).model_dump()
+        raw["events"]["format"] = events_format
+        return DatasetSpec.model_validate(raw)
+
+    def test_jsonl_malformed_rows_are_unparseable_lines(self, tmp_path, spec_path):
+        summary = generate(str(tmp_path), days=3, faults=("malformed_rows", "null_ids"),
+                           spec=self._spec(spec_path, "jsonl"), **SMALL)
+        path = Path(Layout(str(tmp_path)).raw("events", FAULT_DAY), "part-00000.jsonl")
+        parsed, broken = [], 0
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                broken += 1
+                continue
+            parsed.append(row)
+        not_objects = sum(not isinstance(r, dict) for r in parsed)
+        assert broken + not_objects == summary.faults[0]["rows"] == 5
+        assert sum(isinstance(r, dict) and r["customer_id"] is None for r in parsed) == 3
+
+    def test_parquet_refuses_malformed_rows_but_takes_wrong_types(self, tmp_path, spec_path):
+        spec = self._spec(spec_path, "parquet")
+        with pytest.raises(ValueError, match="malformed_rows needs a csv or jsonl"):
+            generate(str(tmp_path / "a"), days=3, faults=("malformed_rows",), spec=spec, **SMALL)
+        assert not (tmp_path / "a").exists()
+        generate(str(tmp_path / "b"), days=3, faults=("wrong_types",), spec=spec, **SMALL)
+        events = pd.read_parquet(Layout(str(tmp_path / "b")).raw("events", FAULT_DAY))
+        assert events["amount"].dtype == object
+        assert pd.to_numeric(events["amount"], errors="coerce").isna().sum() - events[
+            "amount"].isna().sum() == 3

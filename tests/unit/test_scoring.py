@@ -99,11 +99,10 @@ class TestBatches:
         booster, schema = model
         model_bytes = bytes(booster.save_raw("ubj"))
         batches = [frame.iloc[i:i + 64] for i in range(0, len(frame), 64)]
-        scorer = scoring.batch_scorer(lambda: model_bytes, schema.to_json(), id_column=ID_COLUMN,
-                                      model_version=VERSION, ds=DS)
+        scorer = scoring.batch_scorer(lambda: model_bytes, schema.to_json(), id_column=ID_COLUMN)
         got = pd.concat(list(scorer(iter(batches))), ignore_index=True)
         expected = scoring.score_frame(booster, schema, frame, id_column=ID_COLUMN,
-                                       model_version=VERSION, ds=DS)
+                                       model_version=VERSION, ds=DS)[["customer_id", "churn_probability"]]
         assert len(batches) == 5
         pd.testing.assert_frame_equal(got, expected, rtol=1e-6)
 
@@ -113,8 +112,7 @@ class TestBatches:
         monkeypatch.setattr(scoring, "_BOOSTERS", {})
         batches = [frame.iloc[i:i + 100] for i in range(0, len(frame), 100)]
         for _ in range(2):  # two partitions handled by the same worker
-            list(scoring.score_batches(iter(batches), model_bytes, schema, id_column=ID_COLUMN,
-                                       model_version=VERSION, ds=DS))
+            list(scoring.score_batches(iter(batches), model_bytes, schema, id_column=ID_COLUMN))
         assert list(scoring._BOOSTERS) == [scoring.model_digest(model_bytes)]
         assert scoring.cached_booster(model_bytes) is scoring._BOOSTERS[scoring.model_digest(model_bytes)]
 

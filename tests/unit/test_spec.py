@@ -14,7 +14,7 @@ BASE = {
     "name": "shop",
     "id_column": "user_id",
     "events": {"format": "csv", "timestamp": "ts", "type": "kind", "value": "amount",
-               "windows_days": [7, 30, 90]},
+               "types": ["login", "cancel"], "windows_days": [7, 30, 90]},
     "customers": {"format": "csv", "signup": "joined", "categorical": ["plan"],
                   "numeric": ["age"]},
     "label": {"kind": "inactivity", "horizon_days": 30},
@@ -49,11 +49,13 @@ class TestRoundTrip:
 
         assert loaded == spec
         assert loaded.label.kind == kind
+        assert loaded.events.types == ("login", "cancel")
         assert loaded.events.format == fmt and loaded.customers.format == fmt
 
     def test_column_label_keeps_horizon_zero_and_positives(self, tmp_path):
         raw = copy.deepcopy(BASE) | {"label": LABELS["column"]}
-        loaded = load_spec(_write(tmp_path, yaml.safe_load(dump_spec(DatasetSpec.model_validate(raw)))))
+        dumped = dump_spec(DatasetSpec.model_validate(raw))
+        loaded = load_spec(_write(tmp_path, yaml.safe_load(dumped)))
         assert loaded.label.horizon_days == 0
         assert loaded.label.positive == ("Yes", "1")
         assert loaded.label.column == "churned"

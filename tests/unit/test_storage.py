@@ -24,7 +24,8 @@ class TestLayout:
         assert layout.root == "/data/churn"
         assert not layout.is_s3
         assert layout.raw("events", DS) == "/data/churn/raw/events/ds=2026-03-01"
-        assert layout.quarantine("customers", DS) == "/data/churn/quarantine/customers/ds=2026-03-01"
+        assert layout.quarantine("customers", DS) == (
+            "/data/churn/quarantine/customers/ds=2026-03-01")
         assert layout.features(DS) == "/data/churn/features/ds=2026-03-01"
         assert layout.labels(DS) == "/data/churn/labels/ds=2026-03-01"
         assert layout.oracle(DS) == "/data/churn/oracle/ds=2026-03-01"
@@ -73,6 +74,12 @@ def _old_partition(root: Path) -> str:
     return uri
 
 
+def _child_env() -> dict[str, str]:
+    """The environment of a writer child: this interpreter can import tests.support and churn."""
+    paths = [str(REPO_ROOT), str(REPO_ROOT / "include"), os.environ.get("PYTHONPATH", "")]
+    return os.environ | {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+
+
 class TestAtomicPartition:
     def test_success_replaces_the_partition(self, tmp_path):
         uri = _old_partition(tmp_path)
@@ -93,8 +100,7 @@ class TestAtomicPartition:
     def test_sigkill_midway_leaves_old_partition_and_no_visible_half(self, tmp_path):
         uri = _old_partition(tmp_path)
         area = Layout(str(tmp_path)).area("raw", "events")
-        env = os.environ | {"PYTHONPATH": os.pathsep.join(
-            [str(REPO_ROOT), str(REPO_ROOT / "include"), os.environ.get("PYTHONPATH", "")])}
+        env = _child_env()
         child = subprocess.Popen(
             [sys.executable, "-m", "tests.support.writer_child", uri, "64"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO_ROOT, env=env)
@@ -117,7 +123,7 @@ class TestAtomicPartition:
 
     def test_child_that_finishes_swaps_in(self, tmp_path):
         uri = _old_partition(tmp_path)
-        env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "include")])}
+        env = _child_env()
         done = subprocess.run([sys.executable, "-m", "tests.support.writer_child", uri, "4"],
                               input=b"", capture_output=True, cwd=REPO_ROOT, env=env, timeout=60)
         assert done.returncode == 0, done.stderr.decode()

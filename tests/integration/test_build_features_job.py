@@ -1,0 +1,188 @@
+"""The build_features job on generated data: range vs single day, point in time, faults, spark-submit.
+
+The job's `run` goes through the shared local Spark session; one test launches the real
+`spark-submit` with the churn package shipped as a zip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from churn import ingest
+from churn.generate import generate
+from churn.spec import dump_spec, load_spec
+from churn.storage import Layout, ds_range, read_json, shift_ds
+from spark_jobs.build_features import JobArgs, run
+
+REPO = Path(__file__).resolve().parents[2]
+START = "2024-01-01"
+RANGE = ("2024-01-08", "2024-02-06")  # 30 days
+FAULT_DAY = "2024-01-09"
+
+
+@pytest.fixture(scope="module")
+def small_spec(tmp_path_factory, spec_path) -> str:
+    """The synthetic spec with short windows (3, 7 days) and a 5-day horizon."""
+    spec = load_spec(spec_path)
+    spec = spec.model_copy(update={
+        "events": spec.events.model_copy(update={"windows_days": (3, 7)}),
+        "label": spec.label.model_copy(update={"horizon_days": 5})})
+    path = tmp_path_factory.mktemp("spec") / "small.yaml"
+    path.write_text(dump_spec(spec))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def clean_root(tmp_path_factory, small_spec) -> str:
+    """40 days of 80 customers, no faults."""
+    root = str(tmp_path_factory.mktemp("clean"))
+    generate(root, customers=80, start=START, days=40, seed=11, spec=small_spec)
+    return root
+
+
+def faulty_root(tmp_path: Path, spec: str, faults: tuple[str, ...]) -> str:
+    """12 days of 80 customers with `faults` injected on FAULT_DAY."""
+    generate(str(tmp_path), customers=80, start=START, days=12, seed=5, spec=spec, faults=faults,
+             fault_day=FAULT_DAY)
+    return str(tmp_path)
+
+
+def build(spark, root: str, spec: str, start: str, end: str | None = None, **kw) -> dict:
+    return run(spark, JobArgs(root=root, spec=spec, start=start, end=end or start, **kw))
+
+
+def partition(root: str, area: str, ds: str, table: str | None = None) -> pd.DataFrame:
+    """One written partition as a frame sorted by its rows (no index)."""
+    frame = pd.read_parquet(Layout(root).partition(area, ds, table))
+    return frame.sort_values(list(frame.columns)).reset_index(drop=True)
+
+
+def part_files(root: str, area: str, ds: str) -> list[str]:
+    return sorted(os.listdir(Layout(root).partition(area, ds)))
+
+
+class TestRangeVersusDay:
+    def test_range_and_single_days_write_identical_partitions(self, spark, clean_root,
+                                                              small_spec):
+        summary = build(spark, clean_root, small_spec, *RANGE)
+        assert summary["feature_days"] == ds_range(*RANGE)
+        assert summary["label_days"] == ds_range("2024-01-03", "2024-02-04")  # newest: Feb 9
+        first, last = RANGE
+        ranged = {ds: partition(clean_root, "features", ds) for ds in (first, last)}
+        ranged_labels = {ds: partition(clean_root, "labels", ds) for ds in ("2024-02-01", last)
+                         if ds <= "2024-02-04"}
+        untouched = part_files(clean_root, "features", "2024-01-20")
+        for ds in (first, last):
+            build(spark, clean_root, small_spec, ds)
+            pd.testing.assert_frame_equal(partition(clean_root, "features", ds), ranged[ds])
+        for ds, frame in ranged_labels.items():
+            pd.testing.assert_frame_equal(partition(clean_root, "labels", ds), frame)
+        assert part_files(clean_root, "features", "2024-01-20") == untouched
+        assert len(ranged[last]) > 50 and ranged[last]["ds"].eq(last).all()
+
+    def test_future_dated_rows_change_no_earlier_feature(self, spark, clean_root, small_spec,
+                                                         tmp_path):
+        root, day = str(tmp_path / "copy"), "2024-01-20"
+        shutil.copytree(Path(clean_root) / "raw", Path(root) / "raw")
+        build(spark, root, small_spec, "2024-01-15", day)
+        before = {ds: partition(root, "features", ds) for ds in ds_range("2024-01-15", day)}
+        own = next((Path(root) / "raw" / "events" / f"ds={day}").glob("*.csv"))
+        someone = own.read_text().splitlines()[1].split(",")[0]
+        with own.open("a") as out:  # dated tomorrow inside today's partition
+            out.write(f"{someone},{shift_ds(day, 1)} 09:00:00,purchase,999.0\n")
+        later = next((Path(root) / "raw" / "events" / f"ds={shift_ds(day, 1)}").glob("*.csv"))
+        with later.open("a") as out:  # valid rows of a later day
+            out.writelines(f"{someone},{shift_ds(day, 1)} 10:0{i}:00,login,\n" for i in range(5))
+        summary = build(spark, root, small_spec, "2024-01-15", day)
+        for ds, frame in before.items():
+            pd.testing.assert_frame_equal(partition(root, "features", ds), frame)
+        assert summary["counts"]["events"][day]["reasons"] == {"outside_partition_day": 1}
+        quarantined = partition(root, "quarantine", day, "events")
+        assert quarantined[["customer_id", "amount", "reason"]].values.tolist() == [
+            [someone, "999.0", "outside_partition_day"]]
+
+
+class TestFaults:
+    def test_row_faults_are_quarantined_and_counts_add_up(self, spark, small_spec, tmp_path):
+        kinds = ("malformed_rows", "wrong_types", "null_ids", "duplicate_rows", "future_dated")
+        root = faulty_root(tmp_path, small_spec, kinds)
+        build(spark, root, small_spec, FAULT_DAY, max_reject_rate=0.5)
+        quarantined = partition(root, "quarantine", FAULT_DAY, "events")
+        assert quarantined["reason"].value_counts().to_dict() == {
+            "malformed_row": 5, "duplicate_row": 4, "null_id": 3, "outside_partition_day": 3,
+            "bad_number": 3, "bad_timestamp": 2}
+        counts = read_json(Layout(root).run_fragment(FAULT_DAY, "ingest"))["tables"]["events"]
+        raw_lines = sum(len(p.read_text().splitlines()) - 1 for p in
+                        (Path(root) / "raw" / "events" / f"ds={FAULT_DAY}").glob("*.csv"))
+        assert counts["rows_in"] == raw_lines
+        assert counts["rows_in"] == counts["rows_out"] + counts["rows_rejected"]
+        assert counts["rows_rejected"] == len(quarantined) == 20
+        with pytest.raises(ingest.RejectRateError,
+                           match=rf"table events ds={FAULT_DAY}: 20/\d+ rows rejected .*"
+                                 r"top reasons: malformed_row=5, duplicate_row=4"):
+            build(spark, root, small_spec, FAULT_DAY)
+        assert read_json(Layout(root).run_fragment(FAULT_DAY, "ingest"))["status"] == "failed"
+
+    def test_missing_column_fails_naming_file_and_column(self, spark, small_spec, tmp_path):
+        root = faulty_root(tmp_path, small_spec, ("missing_column",))
+        with pytest.raises(ingest.MissingColumnError,
+                           match=rf"raw/events/ds={FAULT_DAY}/part-\S+\.csv: required column\(s\) "
+                                 r"amount missing"):
+            build(spark, root, small_spec, FAULT_DAY)
+
+    def test_empty_day_is_recorded_as_empty(self, spark, small_spec, tmp_path):
+        root = faulty_root(tmp_path, small_spec, ("empty_day",))
+        build(spark, root, small_spec, FAULT_DAY)
+        fragment = read_json(Layout(root).run_fragment(FAULT_DAY, "ingest"))
+        assert fragment["tables"]["events"] == {"rows_in": 0, "rows_out": 0, "rows_rejected": 0,
+                                                "reasons": {}, "empty": True}
+        features = partition(root, "features", FAULT_DAY)
+        assert len(features) > 50 and features["n_events_3d"].gt(0).any()
+
+    def test_missing_day_fails_unless_allowed(self, spark, small_spec, tmp_path):
+        root = faulty_root(tmp_path, small_spec, ("missing_day",))
+        with pytest.raises(ingest.MissingPartitionError,
+                           match=rf"missing raw partition\(s\) raw/events: {FAULT_DAY} "):
+            build(spark, root, small_spec, shift_ds(FAULT_DAY, 1))
+        build(spark, root, small_spec, FAULT_DAY, allow_missing=True)
+        fragment = read_json(Layout(root).run_fragment(FAULT_DAY, "ingest"))
+        assert fragment["tables"] == {"events": {"missing": True}, "customers": {"missing": True}}
+        assert len(partition(root, "features", FAULT_DAY)) == 0
+
+
+def churn_zip(target: Path) -> Path:
+    """The churn package as a zip for `--py-files` (what the EMR step ships too)."""
+    package = REPO / "include" / "churn"
+    with zipfile.ZipFile(target, "w") as archive:
+        for source in package.rglob("*.py"):
+            archive.write(source, source.relative_to(package.parent))
+    return target
+
+
+class TestSparkSubmit:
+    def test_spark_submit_builds_one_day(self, clean_root, small_spec, tmp_path):
+        root, day = str(tmp_path / "submit"), "2024-01-12"
+        shutil.copytree(Path(clean_root) / "raw", Path(root) / "raw")
+        env = {**os.environ, "PYTHONPATH": "", "PYSPARK_PYTHON": sys.executable,
+               "PYSPARK_DRIVER_PYTHON": sys.executable}
+        spark_submit = Path(sys.executable).parent / "spark-submit"
+        done = subprocess.run(
+            [str(spark_submit), "--master", "local[2]", "--py-files",
+             str(churn_zip(tmp_path / "churn.zip")), str(REPO / "spark_jobs" / "build_features.py"),
+             "--root", root, "--spec", small_spec, "--ds", day],
+            env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"events ds={day}: ok rows in=" in done.stdout + done.stderr  # pyspark's handler
+        features = partition(root, "features", day)
+        assert features["customer_id"].str.len().eq(6).all()  # zero-padded ids kept as strings
+        assert json.loads(Path(Layout(root).run_fragment(day, "features")).read_text())[
+            "feature_rows"] == len(features)
