@@ -6,12 +6,13 @@
 #   RayJobHook reads it from there when the connection has no password;
 # - idempotent: `up` twice leaves one head; state (pid = process group, URL, temp dir, log) is kept
 #   in .ray-local/ at the repo root;
-# - `down` stops only the head `up` started, by process group. Never `ray stop`: it would kill
-#   every Ray on the machine, test heads included.
+# - `down` stops only the head `up` started: SIGTERM to its leader, then SIGKILL to its process
+#   group if anything outlives the grace period. Never `ray stop`: it would kill every Ray on the
+#   machine, test heads included.
 set -euo pipefail
 
 REPO_ROOT="${REPO_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
-STATE_DIR="$REPO_ROOT/.ray-local"
+STATE_DIR="${RAY_LOCAL_STATE_DIR:-$REPO_ROOT/.ray-local}"
 PID_FILE="$STATE_DIR/head.pid"
 URL_FILE="$STATE_DIR/dashboard_url"
 HEAD_LOG="$STATE_DIR/head.log"
@@ -21,7 +22,7 @@ DASHBOARD_PORT="${RAY_LOCAL_DASHBOARD_PORT:-8265}"
 NUM_CPUS="${RAY_LOCAL_CPUS:-$(nproc)}"
 TOKEN_FILE="$HOME/.ray/auth_token"
 READY_TIMEOUT_S="${RAY_LOCAL_READY_TIMEOUT_S:-120}"
-STOP_GRACE_S=30
+STOP_GRACE_S=45
 
 # The process group id of our head, if it is still alive (empty otherwise).
 running_pgid() {
@@ -62,7 +63,8 @@ EOF
 wait_ready() {
   local url="$1" pgid="$2" deadline=$((SECONDS + READY_TIMEOUT_S))
   while (( SECONDS < deadline )); do
-    if ! kill -0 -- "-$pgid" 2>/dev/null; then
+    # the pid, not the group: setsid may not have made the group yet
+    if ! kill -0 "$pgid" 2>/dev/null; then
       echo "ray head exited early; last lines of $HEAD_LOG:" >&2
       tail -n 30 "$HEAD_LOG" >&2
       return 1
@@ -92,7 +94,7 @@ cmd_up() {
   mkdir -p "$STATE_DIR"
   RAY_AUTH_MODE=token "$RAY_BIN" get-auth-token --generate >/dev/null 2>&1 || true
   # The session temp dir must stay short: Ray puts unix sockets in it.
-  local temp_dir="/tmp/ray-local-$(id -u)-$(printf '%s' "$REPO_ROOT" | cksum | cut -d' ' -f1)"
+  local temp_dir="/tmp/ray-local-$(id -u)-$(printf '%s' "$STATE_DIR" | cksum | cut -d' ' -f1)"
   # Agent and metrics ports default to fixed numbers; free ones let other heads coexist.
   local side_ports=() name
   for name in dashboard-agent-listen-port dashboard-agent-grpc-port runtime-env-agent-port \
@@ -124,7 +126,9 @@ cmd_down() {
     return 0
   fi
   echo "Stopping Ray head (process group $pgid) ..."
-  kill -TERM -- "-$pgid" 2>/dev/null || true
+  # SIGTERM to `ray start` alone lets it drain and stop its children in order (~10 s);
+  # SIGTERM to the whole group makes them die unordered and the leader hang.
+  kill -TERM "$pgid" 2>/dev/null || true
   local deadline=$((SECONDS + STOP_GRACE_S))
   while (( SECONDS < deadline )) && kill -0 -- "-$pgid" 2>/dev/null; do
     sleep 0.5

@@ -9,7 +9,11 @@ Writes, for each simulated day ds (each partition atomically through `atomic_par
   `label.horizon_days`: 1 - prod(1 - h_k) over the daily hazards h_k along the customer's
   expected path (see `churn.generate_model.churn_within`). This is exactly the probability of
   an `event` label on the churn event. For an `inactivity` label it is still the probability
-  of churning, not of silence: the churner's `cancel` is itself an event in (ds, ds + H];
+  of churning, not of silence: the churner's `cancel` is itself an event in (ds, ds + H].
+  A `column` label gets its column in the snapshot: the first value not in `positive` of
+  ("No", "0", "false") for the customers who stay; churners leave the snapshot, which the label
+  reads as positive (with horizon 0 they stay in their churn day's snapshot, flagged with the
+  first positive value, and the oracle is then 1 for them and 0 for the rest);
 - `faults.json` at the root: the faults injected (kind, ds, table, exact row counts, ids).
 
 The simulation (see `churn.generate_model`) streams one day at a time, vectorised over all live
@@ -21,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +78,11 @@ class _Names:
                             self.churn_event)
 
     @property
+    def negative(self) -> str:
+        """The `column` label's value for customers who stay: one not listed as positive."""
+        return next(v for v in ("No", "0", "false") if v not in self.spec.label.positive)
+
+    @property
     def churn_event(self) -> str:
         """The event type a churner emits: the label's event type, else `cancel`."""
         label = self.spec.label
@@ -113,9 +121,9 @@ def generate(root: str, customers: int, start: str, days: int, seed: int,
     for index, ds in enumerate(all_days):
         run.exposed += len(sim.pop)
         act = gm.step(rng, sim, index)
-        run.churned += act.churned_ids.shape[0]
+        run.churned += len(act.churners)
         run.write_raw(ds, index, act, sim.pop)
-        run.write_oracle(ds, index, sim)
+        run.write_oracle(ds, index, sim, act.churners)
     write_json_atomic(f"{run.layout.root}/faults.json",
                       {"seed": seed, "faults": [r.to_dict() for r in run.faults]})
     return run.summary(all_days)
@@ -134,8 +142,9 @@ def _check_spec(spec: DatasetSpec) -> None:
     """Refuse specs the generator cannot fill."""
     if spec.events is None or spec.customers is None:
         raise ValueError("the generator writes both 'events' and 'customers'; the spec lacks one")
-    if spec.label.kind == "column":
-        raise ValueError("the generator supports label kinds 'inactivity' and 'event', not 'column'")
+    if spec.label.kind == "column" and spec.label.column in (
+            *spec.customers.categorical, *spec.customers.numeric, spec.customers.signup):
+        raise ValueError(f"label column {spec.label.column!r} clashes with a customers column")
     if len(spec.customers.categorical) > 3 or len(spec.customers.numeric) > 2:
         raise ValueError("the generator fills at most 3 categorical (plan, region, contract) and "
                          "2 numeric (age, monthly charges) customer columns")
@@ -169,7 +178,7 @@ class _Run:
                 return
             events = pa.Table.from_pandas(day.frame, preserve_index=False)
             extra = day.extra_lines
-        customers = customers_table(self.names, pop)
+        customers = customers_table(self.names, pop, act.churners)
         _write_partition(self.layout.raw("events", ds), events, self.names.spec.events.format,
                          extra)
         _write_partition(self.layout.raw("customers", ds), customers,
@@ -178,9 +187,10 @@ class _Run:
         self.rows["customers"] += customers.num_rows
         self.written.append(ds)
 
-    def write_oracle(self, ds: str, index: int, sim: gm.Simulation) -> None:
+    def write_oracle(self, ds: str, index: int, sim: gm.Simulation,
+                     churners: gm.Population) -> None:
         """Write day ds's oracle partition."""
-        oracle = oracle_table(self.names, sim, index)
+        oracle = oracle_table(self.names, sim, index, churners)
         _write_partition(self.layout.oracle(ds), oracle, "parquet")
         self.rows["oracle"] += oracle.num_rows
 
@@ -223,64 +233,89 @@ def events_table(names: _Names, ds: str, act: gm.DayActivity) -> pa.Table:
     return pa.table(columns)
 
 
-def customers_table(names: _Names, pop: gm.Population) -> pa.Table:
-    """The snapshot of the live customers, sorted by id, with the spec's column names."""
-    cust = names.spec.customers
-    order = np.argsort(pop.ids, kind="stable")
-    columns = {names.spec.id_column: _id_strings(names, pop.ids[order])}
+def customers_table(names: _Names, pop: gm.Population, churners: gm.Population) -> pa.Table:
+    """The day's snapshot, sorted by id, with the spec's column names.
+
+    The live customers; for a `column` label also its column (negative for them), and with
+    horizon 0 also the day's churners, flagged positive (the label is read from that day).
+    """
+    cust, label = names.spec.customers, names.spec.label
+    flagged = label.kind == "column" and label.horizon_days == 0
+    rows = pop.extend(churners) if flagged else pop
+    order = np.argsort(rows.ids, kind="stable")
+    columns = {names.spec.id_column: _id_strings(names, rows.ids[order])}
     if cust.signup:
-        days = pa.array(pop.signup[order].astype(np.int32) + names.first_day, pa.int32())
+        days = pa.array(rows.signup[order].astype(np.int32) + names.first_day, pa.int32())
         columns[cust.signup] = days.cast(pa.date32()).cast(pa.string())
-    values = {"plan": (gm.PLANS, pop.plan), "region": (gm.REGIONS, pop.region),
-              "contract": (gm.CONTRACTS, pop.contract)}
+    values = {"plan": (gm.PLANS, rows.plan), "region": (gm.REGIONS, rows.region),
+              "contract": (gm.CONTRACTS, rows.contract)}
     for column, (vocab, codes) in zip(cust.categorical, values.values()):
         columns[column] = pa.array(vocab, pa.string()).take(pa.array(codes[order]))
-    for column, array in zip(cust.numeric, (pop.age.astype(np.int64), pop.price)):
+    for column, array in zip(cust.numeric, (rows.age.astype(np.int64), rows.price)):
         columns[column] = pa.array(array[order])
+    if label.kind == "column":
+        columns[label.column] = _label_values(names, len(pop), order)
     return pa.table(columns)
 
 
-def oracle_table(names: _Names, sim: gm.Simulation, day: int) -> pa.Table:
-    """`id, churn_probability` for the live customers at the end of day index `day`."""
-    order = np.argsort(sim.pop.ids, kind="stable")
-    prob = gm.churn_within(sim, day, names.spec.label.horizon_days)[order]
-    return pa.table({names.spec.id_column: _id_strings(names, sim.pop.ids[order]),
-                     "churn_probability": pa.array(prob, pa.float64())})
+def _label_values(names: _Names, alive: int, order: np.ndarray) -> pa.Array:
+    """The `column` label: negative for the first `alive` rows, positive for the rest."""
+    positive = (np.arange(order.shape[0]) >= alive)[order].astype(np.int8)
+    vocab = pa.array([names.negative, names.spec.label.positive[0]], pa.string())
+    return vocab.take(pa.array(positive))
+
+
+def oracle_table(names: _Names, sim: gm.Simulation, day: int, churners: gm.Population) -> pa.Table:
+    """`id, churn_probability` for the day's snapshot rows at the end of day index `day`.
+
+    A `column` label with horizon 0 is already known at the end of the day: 1 for the day's
+    churners, 0 for the others. Otherwise `churn_within` the label's horizon.
+    """
+    label = names.spec.label
+    if label.kind == "column" and label.horizon_days == 0:
+        ids = np.concatenate([sim.pop.ids, churners.ids])
+        prob = (np.arange(ids.shape[0]) >= len(sim.pop)).astype(np.float64)
+    else:
+        ids, prob = sim.pop.ids, gm.churn_within(sim, day, label.horizon_days)
+    order = np.argsort(ids, kind="stable")
+    return pa.table({names.spec.id_column: _id_strings(names, ids[order]),
+                     "churn_probability": pa.array(prob[order], pa.float64())})
 
 
 def _as_strings(table: pa.Table) -> pd.DataFrame:
     """The table as a frame of Python strings, None for null (what faults operate on)."""
-    frame = pd.DataFrame({n: table[n].cast(pa.string()).to_pylist() for n in table.column_names})
-    return frame.astype(object)
+    strings = pa.schema([(name, pa.string()) for name in table.column_names])
+    return table.cast(strings).to_pandas().astype(object)
 
 
 def _write_partition(uri: str, table: pa.Table, fmt: str, extra_lines: list[str] = ()) -> None:
-    """Write `table` as the only file of partition `uri`, atomically."""
+    """Write `table` as the only file of partition `uri`, atomically.
+
+    CSV and JSON lines files get `extra_lines` (raw text, e.g. malformed rows) at the end.
+    """
     with atomic_partition(uri) as tmp:
         fs, path = filesystem(f"{tmp}/{PART_FILE}.{fmt}")
         if fmt == "parquet":
             pq.write_table(table, path, filesystem=fs)
             return
-        body = _csv_bytes(table) if fmt == "csv" else _jsonl_bytes(table)
-        tail = "".join(line + "\n" for line in extra_lines).encode()
         with fs.open_output_stream(path) as out:
-            out.write(body + tail)
+            (_write_csv if fmt == "csv" else _write_jsonl)(table, out)
+            out.write("".join(line + "\n" for line in extra_lines).encode())
 
 
-def _csv_bytes(table: pa.Table) -> bytes:
+def _write_csv(table: pa.Table, out: pa.NativeFile) -> None:
     """CSV with a plain header and unquoted values (our values never contain commas)."""
-    buffer = io.BytesIO()
-    buffer.write((",".join(table.column_names) + "\n").encode())
+    out.write((",".join(table.column_names) + "\n").encode())
     if table.num_rows:
         options = pa_csv.WriteOptions(include_header=False, quoting_style="none")
-        pa_csv.write_csv(table, buffer, options)
-    return buffer.getvalue()
+        pa_csv.write_csv(table, out, options)
 
 
-def _jsonl_bytes(table: pa.Table) -> bytes:
+def _write_jsonl(table: pa.Table, out: pa.NativeFile) -> None:
     """One JSON object per line, nulls as null."""
-    rows = table.to_pylist()
-    return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows).encode()
+    for batch in table.to_batches(max_chunksize=65_536):
+        rows = batch.to_pylist()
+        out.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows).encode())
 
 
 def _fault_list(text: str) -> tuple[str, ...]:

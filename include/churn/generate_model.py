@@ -93,10 +93,11 @@ class DayActivity:
     """What one day produced: events as parallel arrays, plus who churned."""
 
     ids: np.ndarray          # int64 customer id per event
-    kinds: np.ndarray        # object array of event type names
+    kinds: np.ndarray        # int8 index into EVENT_TYPES
     seconds: np.ndarray      # int64 second of the day
     amounts: np.ndarray      # float64, NaN where the event has no amount
-    churned_ids: np.ndarray  # int64 customers who cancelled this day
+    churners: Population     # the customers who cancelled this day (state before the day)
+    churner_hazard: np.ndarray  # the hazard each churner had for this day
 
 
 def new_customers(rng: np.random.Generator, first_id: int, n: int, day: int,
@@ -245,7 +246,8 @@ def step(rng: np.random.Generator, sim: Simulation, day: int) -> DayActivity:
         The day's events and the ids of the customers who churned.
     """
     churn = rng.random(len(sim.pop)) < sim.hazard
-    churned = sim.pop.ids[churn]
+    churners, churner_hazard = sim.pop.take(churn), sim.hazard[churn]
+    churned = churners.ids
     pop = sim.pop.take(~churn)
     arrivals = int(rng.poisson(sim.params.arrival_rate * sim.base))
     pop = pop.extend(new_customers(rng, sim.next_id, arrivals, day, tenure_days=0))
@@ -257,7 +259,8 @@ def step(rng: np.random.Generator, sim: Simulation, day: int) -> DayActivity:
     seconds = rng.integers(0, 86_400, ids.shape[0])
     amounts = amounts_for(rng, kinds, price)
     order = np.argsort((seconds << 43) | (ids << 3) | kinds, kind="stable")
-    return DayActivity(ids[order], kinds[order], seconds[order], amounts[order], churned)
+    return DayActivity(ids[order], kinds[order], seconds[order], amounts[order], churners,
+                       churner_hazard)
 
 
 EVENT_TYPES = (*ACTIVITY_TYPES, PLAN_CHANGE, CANCEL)

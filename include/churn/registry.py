@@ -21,15 +21,21 @@ import hashlib
 import json
 import os
 import sys
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
+import pandas as pd
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
-from churn.modeling import FeatureSchema
+from churn.metrics import roc_auc
+from churn.modeling import LABEL_COLUMN, FeatureSchema, load_booster, predict_proba
+from churn.spec import DatasetSpec, load_spec
+from churn.training import read_labelled_frame
 from churn.storage import (Layout, filesystem, read_json, validate_ds, validate_name,
                            write_json_atomic)
 
@@ -242,8 +248,6 @@ def _champion_lock(root: str, model_name: str, timeout_s: float = 30.0) -> Itera
     On S3 there is no exclusive create through pyarrow; the compare-and-swap in
     `_switch_champion` still catches a changed pointer, but the window is not closed.
     """
-    import time
-
     fs, models_path = filesystem(Layout(root).models(model_name))
     if not isinstance(fs, pafs.LocalFileSystem):
         yield
@@ -372,7 +376,7 @@ class GateDecision:
     floor_auc: float
     holdout_rows: int
     decided_by: str
-    decided_at: str = field(default="")
+    decided_at: str
     action: str = "gate"
 
     def to_dict(self) -> dict:
@@ -380,16 +384,12 @@ class GateDecision:
         return asdict(self)
 
 
-def load_holdout(root: str, spec, version: str) -> "pd.DataFrame":  # noqa: F821
+def load_holdout(root: str, spec: DatasetSpec, version: str) -> pd.DataFrame:
     """Re-read a version's validation set (features + labels) from its stored window.
 
     A time holdout is every row of meta.json's `validation_days`; a random holdout is the rows
     whose (id, ds) are in the version's `holdout_ids.parquet`.
     """
-    import pyarrow.parquet as pq
-
-    from churn.training import read_labelled_frame
-
     meta = read_version_json(root, spec.model.name, version, META_FILE)
     window = meta.get("window") or {}
     days = window.get("validation_days")
@@ -404,10 +404,7 @@ def load_holdout(root: str, spec, version: str) -> "pd.DataFrame":  # noqa: F821
     return frame.merge(ids, on=list(ids.columns), how="inner")
 
 
-def _score_auc(root: str, model_name: str, version: str, holdout) -> float:
-    from churn.metrics import roc_auc
-    from churn.modeling import LABEL_COLUMN, load_booster, predict_proba
-
+def _score_auc(root: str, model_name: str, version: str, holdout: pd.DataFrame) -> float:
     artifact = load_model_dir(Layout(root).model_version(model_name, version))
     scores = predict_proba(load_booster(artifact.model_bytes), artifact.schema, holdout)
     return roc_auc(holdout[LABEL_COLUMN].to_numpy(), scores)
@@ -428,8 +425,8 @@ def _verdict(challenger_auc: float, champion_auc: float | None, tolerance: float
                    f"(delta {delta:+.4f} < -{tolerance})")
 
 
-def gate(root: str, spec, version: str, holdout=None, decided_by: str = "gate",
-         attempts: int = 3) -> GateDecision:
+def gate(root: str, spec: DatasetSpec, version: str, holdout: pd.DataFrame | None = None,
+         decided_by: str = "gate", attempts: int = 3) -> GateDecision:
     """Decide whether a new version replaces the champion, switch atomically, record why.
 
     The challenger's AUC is its own validation AUC (metrics.json `roc_auc`); the champion is
@@ -447,42 +444,36 @@ def gate(root: str, spec, version: str, holdout=None, decided_by: str = "gate",
     Returns:
         The decision (also written under `models/<name>/decisions/`).
     """
-    name, settings = spec.model.name, spec.model
+    name = spec.model.name
     challenger_auc = float(read_version_json(root, name, version, METRICS_FILE)["roc_auc"])
     holdout = load_holdout(root, spec, version) if holdout is None else holdout
     for _ in range(attempts):
         current = read_champion(root, name)
-        champion = current["version"] if current else None
-        if champion == version:
-            return _decide(root, spec, version, False, "already the champion", challenger_auc,
-                           champion, challenger_auc, len(holdout), decided_by)
-        champion_auc = _score_auc(root, name, champion, holdout) if champion else None
-        promoted, reason = _verdict(challenger_auc, champion_auc, settings.gate_tolerance,
-                                    settings.gate_floor_auc)
-        decision = _decide(root, spec, version, promoted, reason, challenger_auc, champion,
-                           champion_auc, len(holdout), decided_by, record=False)
-        if not promoted:
-            record_decision(root, name, decision.to_dict())
-            return decision
-        try:
-            _switch_champion(root, name, version, champion, _history(current) + [version],
-                             decision.to_dict())
-        except ChampionChangedError:
-            continue
+        decision = _evaluate(root, spec, version, challenger_auc, current, holdout, decided_by)
+        if decision.promoted:
+            try:
+                _switch_champion(root, name, version, decision.champion_version,
+                                 _history(current) + [version], decision.to_dict())
+            except ChampionChangedError:
+                continue
         record_decision(root, name, decision.to_dict())
         return decision
     raise RegistryError(f"champion of {name} kept changing; gave up after {attempts} attempts")
 
 
-def _decide(root: str, spec, version: str, promoted: bool, reason: str, challenger_auc: float,
-            champion: str | None, champion_auc: float | None, rows: int, decided_by: str,
-            record: bool = True) -> GateDecision:
-    decision = GateDecision(promoted, reason, version, challenger_auc, champion, champion_auc,
-                            spec.model.gate_tolerance, spec.model.gate_floor_auc, rows,
-                            decided_by, utc_now())
-    if record:
-        record_decision(root, spec.model.name, decision.to_dict())
-    return decision
+def _evaluate(root: str, spec: DatasetSpec, version: str, challenger_auc: float,
+              current: dict | None, holdout: pd.DataFrame, decided_by: str) -> GateDecision:
+    """The decision against the champion of `current` (re-scored on the holdout)."""
+    champion = current["version"] if current else None
+    if champion == version:
+        promoted, reason, champion_auc = False, "already the champion", challenger_auc
+    else:
+        champion_auc = _score_auc(root, spec.model.name, champion, holdout) if champion else None
+        promoted, reason = _verdict(challenger_auc, champion_auc, spec.model.gate_tolerance,
+                                    spec.model.gate_floor_auc)
+    return GateDecision(promoted, reason, version, challenger_auc, champion, champion_auc,
+                        spec.model.gate_tolerance, spec.model.gate_floor_auc, len(holdout),
+                        decided_by, utc_now())
 
 
 # --------------------------------------------------------------------------- CLI
@@ -525,8 +516,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     spec = None
     if args.spec:
-        from churn.spec import load_spec
-
         spec = load_spec(args.spec)
     name = spec.model.name if spec else args.model_name
     if args.command == "list":

@@ -100,7 +100,7 @@ class Standalone:
 
     def healthy(self) -> bool:
         health = self.request("GET", "/api/v2/monitor/health")
-        return all(health[c]["status"] == "healthy"
+        return all((health.get(c) or {}).get("status") == "healthy"
                    for c in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
 
     def run_state(self, run_id: str) -> str | None:

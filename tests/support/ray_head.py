@@ -39,11 +39,15 @@ class RayHead:
         return {"RAY_ADDRESS": self.gcs_address, "RAY_AUTH_MODE": "token"}
 
     def stop(self, grace_s: float = 20) -> None:
-        """Terminate the head's process group; SIGKILL whatever outlives the grace period."""
+        """Terminate the head; SIGKILL its process group if anything outlives the grace period.
+
+        SIGTERM goes to `ray start` alone: it then drains and stops its children in order
+        (~10 s), whereas SIGTERM to the whole group leaves the leader hanging until SIGKILL.
+        """
         try:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            os.kill(self.process.pid, signal.SIGTERM)
         except ProcessLookupError:
-            return
+            pass  # the leader is gone; its group may still hold children
         stop_at = time.monotonic() + grace_s
         while time.monotonic() < stop_at and _group_alive(self.process.pid):
             self.process.poll()

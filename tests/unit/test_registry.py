@@ -214,3 +214,14 @@ class TestPromoteRollbackCli:
         rows = json.loads(capsys.readouterr().out)
         assert [(r["version"], r["champion"]) for r in rows] == [(version, True)]
         assert registry.list_decisions(str(root), MODEL)[0]["decided_by"] == "carol"
+
+    def test_cli_gate_and_show(self, root, spec, spec_path, capsys):
+        version = train_version(root, spec, RUN_DS, STRONG, rounds=5)["version"]
+        registry.main(["--root", str(root), "--spec", str(spec_path), "--by", "dave",
+                       "gate", version])
+        decision = json.loads(capsys.readouterr().out)
+        assert (decision["promoted"], decision["decided_by"]) == (True, "dave")
+        registry.main(["--root", str(root), "--model-name", MODEL, "show"])
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["version"] == version
+        assert shown["metrics.json"]["roc_auc"] == pytest.approx(decision["challenger_auc"])

@@ -180,16 +180,21 @@ def last_lines(text: str, count: int) -> list[str]:
     return lines[-count:] if count > 0 else []
 
 
-def parse_result(logs: str) -> dict[str, Any] | None:
+def parse_result(logs: str, submission_id: str) -> dict[str, Any] | None:
     """The job's result: the JSON object on its last non-empty log line, else None.
+
+    Ray's supervisor writes "Running entrypoint for job <id>: ..." through a buffered file
+    that may be flushed only after the entrypoint's own output, so that line is skipped.
 
     Args:
         logs: the job's whole log.
+        submission_id: the job's submission id.
 
     Returns:
         The decoded object, or None when the last line is not one JSON object.
     """
-    tail = last_lines(logs, 1)
+    ray_line = f"Running entrypoint for job {submission_id}: "
+    tail = last_lines("\n".join(l for l in logs.splitlines() if not l.startswith(ray_line)), 1)
     if not tail:
         return None
     try:

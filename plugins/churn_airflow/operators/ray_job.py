@@ -169,11 +169,7 @@ class SubmitRayJobOperator(BaseOperator):
             self.log.info("Ray job %s already SUCCEEDED: not re-running it", previous.submission_id)
             ti.xcom_push(key="submission_id", value=previous.submission_id)
             return self._finish(previous.submission_id, "SUCCEEDED")
-        if previous is not None and previous.status in ACTIVE_STATUSES:
-            self.submission_id = previous.submission_id
-            self.log.info("Re-attaching to Ray job %s (%s)", self.submission_id, previous.status)
-        else:
-            self.submission_id = self._submit(base_id, previous, context)
+        self.submission_id = self._attach_or_submit(base_id, previous, context)
         ti.xcom_push(key="submission_id", value=self.submission_id)
         if not self.wait_for_completion:
             status = str(self.hook.get_job_status(self.submission_id))
@@ -212,6 +208,15 @@ class SubmitRayJobOperator(BaseOperator):
             if found is not None:
                 return found
         return None
+
+    def _attach_or_submit(
+        self, base_id: str, previous: JobDetails | None, context: Context
+    ) -> str:
+        """Re-attach to a PENDING/RUNNING previous job, else submit under this try's id."""
+        if previous is not None and previous.status in ACTIVE_STATUSES:
+            self.log.info("Re-attaching to Ray job %s (%s)", previous.submission_id, previous.status)
+            return previous.submission_id
+        return self._submit(base_id, previous, context)
 
     def _submit(self, base_id: str, previous: JobDetails | None, context: Context) -> str:
         """Submit the job under the current try's id (after a FAILED/STOPPED previous try)."""
@@ -285,7 +290,7 @@ class SubmitRayJobOperator(BaseOperator):
         """The task's return value for a SUCCEEDED job; raise for any other end."""
         if status != "SUCCEEDED" or timed_out:
             self._raise_failed(submission_id, status, timed_out)
-        result = parse_result(self.hook.get_job_logs(submission_id))
+        result = parse_result(self.hook.get_job_logs(submission_id), submission_id)
         self.log.info("Ray job %s SUCCEEDED with result %s", submission_id, result)
         return {"submission_id": submission_id, "status": status, "result": result}
 
@@ -294,6 +299,8 @@ class SubmitRayJobOperator(BaseOperator):
         info = self.hook.get_job_info(submission_id)
         tail = last_lines(self.hook.get_job_logs(submission_id), self.log_tail_lines)
         reason = f"stopped after job_timeout={self.job_timeout}s" if timed_out else "ended"
+        if status in ACTIVE_STATUSES:
+            reason = f"{reason} but Ray has not stopped it yet"
         raise RayJobError(
             f"Ray job {submission_id} {reason} with status {status}: {info.message}\n"
             f"Last {len(tail)} log lines:\n" + "\n".join(tail)

@@ -114,13 +114,24 @@ class TestSplitNewLines:
         assert split_new_lines("a\n", 2, final=True) == ([], 2)
 
 
+SUBMISSION_ID = "af-churn_daily-train-0123456789abcdef"
+
+
 class TestResultAndTail:
     def test_last_line_json_object_is_the_result(self):
-        assert parse_result('hello\n{"model_version": "v7"}\n\n') == {"model_version": "v7"}
+        logs = 'hello\n{"model_version": "v7"}\n\n'
+        assert parse_result(logs, SUBMISSION_ID) == {"model_version": "v7"}
 
-    @pytest.mark.parametrize("logs", ["", "done\n", '[1, 2]\n', '{"a": 1}\nbye\n', "{broken\n"])
+    def test_late_flushed_ray_supervisor_line_is_skipped(self):
+        # job_supervisor.py writes this line through a buffered file: it can land last
+        logs = ('INFO job_manager.py:581 -- Runtime env is setting up.\n{"model_version": "v8"}\n'
+                f"Running entrypoint for job {SUBMISSION_ID}: python train.py\n")
+        assert parse_result(logs, SUBMISSION_ID) == {"model_version": "v8"}
+
+    @pytest.mark.parametrize("logs", ["", "done\n", '[1, 2]\n', '{"a": 1}\nbye\n', "{broken\n",
+                                      "Running entrypoint for job other: x\n"])
     def test_no_result_unless_last_line_is_one_object(self, logs):
-        assert parse_result(logs) is None
+        assert parse_result(logs, SUBMISSION_ID) is None
 
     def test_last_lines_skip_blank(self):
         assert last_lines("a\n\nb\nc\n\n", 2) == ["b", "c"]
