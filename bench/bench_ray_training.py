@@ -125,6 +125,9 @@ def run(rows_list: Sequence[int], trials: int, rounds: int, tune_rows: int,
             result["tune"] = bench_tune(tune_rows, trials, settings, storage)
         if "train_v2" in parts:
             result["train_v2"] = bench_train_v2(tune_rows, settings, storage)
+        for part in parts:  # parts run apart are merged into one file: keep each one's context
+            result[f"{part}_context"] = {"ray_start_s": ray_start, "cluster_cpus": cpus,
+                                         "rounds": rounds, "load_avg_1m": os.getloadavg()[0]}
     finally:
         ray.shutdown()
     return result

@@ -105,8 +105,7 @@ def run(rows: int, row_udf_rows: int, trees: int, arrow_batch_size: int, repeats
     artifact = ModelArtifact("bench", bytes(booster.save_raw("ubj")), schema, {})
     in_process = lambda: predict_proba(booster, schema, frame, nthread=2)  # noqa: E731
     sink = lambda df: df.write.format("noop").mode("overwrite").save()  # noqa: E731
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=RESULTS.parent, prefix="_tmp-") as tmp, PeakRss() as rss:
+    with tempfile.TemporaryDirectory(prefix="churn-bench-spark-score-") as tmp, PeakRss() as rss:
         frame.to_parquet(f"{tmp}/features.parquet", index=False, row_group_size=100_000)
         spark = build_session("bench-score", master="local[2]", arrow_batch_size=arrow_batch_size)
         broadcast = spark.sparkContext.broadcast(artifact.model_bytes)

@@ -49,6 +49,15 @@ def _connect(address: str | None) -> bool:
     return True
 
 
+def _free_cpus() -> float:
+    """CPUs the search may take: what is free now (a job's driver may hold some), or the
+    cluster's total when (nearly) nothing is free, so trials queue rather than fail."""
+    import ray
+
+    free = ray.available_resources().get("CPU", 0.0)
+    return free if free >= 0.5 else ray.cluster_resources().get("CPU", 1.0)
+
+
 def run_search(data: training.Matrices, frames: tuple, schema: FeatureSchema, trials: int,
                 workers: int, max_concurrent: int | None, settings: training.BoostSettings,
                 storage_path: str, search: bool = True):
@@ -61,8 +70,7 @@ def run_search(data: training.Matrices, frames: tuple, schema: FeatureSchema, tr
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    plan = training.plan_trials(ray.cluster_resources().get("CPU", 1), trials, workers,
-                                max_concurrent)
+    plan = training.plan_trials(_free_cpus(), trials, workers, max_concurrent)
     if workers == 1:
         trainable = tune.with_parameters(training.tune_trial, data=data, nthread=plan.nthread,
                                          settings=settings)

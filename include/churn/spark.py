@@ -148,8 +148,21 @@ def write_day_partitions(frame: DataFrame, days: Iterable[str],
         for ds in days:
             source = f"{staging}/_part={ds}"
             if not exists(source):
-                frame.limit(0).write.parquet(to_spark_uri(source))
+                write_empty_parquet(frame.schema, source)
             swap_in(source, partition_uri(ds))
     finally:
         fs, path = filesystem(staging)
         fs.delete_dir(path)
+
+
+def write_empty_parquet(schema, directory_uri: str) -> None:
+    """Write one Parquet file with no rows and the given Spark schema (no Spark job needed)."""
+    import pyarrow.parquet as pq
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    from churn.storage import filesystem
+
+    fs, path = filesystem(directory_uri)
+    fs.create_dir(path, recursive=True)
+    empty = to_arrow_schema(schema).empty_table()
+    pq.write_table(empty, f"{path}/part-00000-empty.parquet", filesystem=fs)

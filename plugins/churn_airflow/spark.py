@@ -201,7 +201,7 @@ class IdempotentEmrAddStepOperator(EmrAddStepsOperator):
 
 
 def spark_job(job: str, job_args: Sequence[str], task_id: str, *, poke_interval: float = 60,
-              sensor_deferrable: bool = False, aws_conn_id: str = AWS_CONN_ID,
+              sensor_deferrable: bool | None = None, aws_conn_id: str = AWS_CONN_ID,
               spark_conn_id: str = SPARK_CONN_ID) -> TaskGroup:
     """A TaskGroup running `spark_jobs/<job>.py` locally or on EMR, chosen per run.
 
@@ -210,7 +210,8 @@ def spark_job(job: str, job_args: Sequence[str], task_id: str, *, poke_interval:
         job_args: the job's arguments (Jinja templates, rendered per run).
         task_id: the group id.
         poke_interval: seconds between EMR step polls.
-        sensor_deferrable: let `EmrStepSensor` wait in the triggerer instead of a worker slot.
+        sensor_deferrable: let `EmrStepSensor` wait in the triggerer instead of a worker slot
+            (None: the provider's default, `[operators] default_deferrable`).
         aws_conn_id: the AWS connection (S3 upload, EMR).
         spark_conn_id: the Spark connection of the local path (master, e.g. `local[*]`).
 
@@ -230,10 +231,11 @@ def spark_job(job: str, job_args: Sequence[str], task_id: str, *, poke_interval:
             task_id="add_step", job=job, job_args=job_args, upload_task_id=upload.task_id,
             job_flow_id=CLUSTER_ID_TEMPLATE, aws_conn_id=aws_conn_id, deferrable=False,
             wait_for_completion=False)
+        deferrable = {} if sensor_deferrable is None else {"deferrable": sensor_deferrable}
         watch = EmrStepSensor(
             task_id="watch_step", job_flow_id=CLUSTER_ID_TEMPLATE,
             step_id=f"{{{{ ti.xcom_pull(task_ids='{add_step.task_id}')[0] }}}}",
-            aws_conn_id=aws_conn_id, poke_interval=poke_interval, deferrable=sensor_deferrable)
+            aws_conn_id=aws_conn_id, poke_interval=poke_interval, **deferrable)
         join = EmptyOperator(task_id="join", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
         branch >> [local, upload]
         upload >> add_step >> watch

@@ -167,6 +167,14 @@ class TestSubmitRayJobOperatorWait:
         assert streamed == sdk_client.get_job_logs(sid).splitlines()
         assert [line for line in streamed if line.startswith("tick")] == [f"tick {i}" for i in range(4)]
 
+    def test_hook_finds_no_unknown_job_and_refuses_bad_token(self, ray_conn, ray_head, monkeypatch):
+        assert RayJobHook(ray_conn).find_job("af-never-submitted") is None
+        host, port = ray_head.dashboard_url.removeprefix("http://").split(":")
+        monkeypatch.setenv("AIRFLOW_CONN_RAY_BAD", json.dumps(
+            {"conn_type": "http", "host": host, "port": int(port), "password": "not-the-token"}))
+        with pytest.raises(RayJobError, match="HTTP 403"):
+            RayJobHook("ray_bad").find_job("af-never-submitted")
+
     def test_failing_entrypoint_raises_with_last_log_lines(self, ray_conn, ti, sdk_client):
         op = make_operator(ray_conn, "--ticks 3 --exit-code 3")
         with pytest.raises(RayJobError) as raised:
@@ -345,7 +353,6 @@ DAG_FILE = textwrap.dedent('''
     """A one-task DAG around SubmitRayJobOperator, run with dag.test()."""
     import json
     import os
-    import sys
     from datetime import datetime
 
     from airflow.sdk import dag, task

@@ -203,3 +203,27 @@ class TestEmrHelpers:
         assert factory.choose_branch("g", params={}) == "g.upload_code"
         with pytest.raises(ValueError, match="spark_mode"):
             factory.resolve_mode({"spark_mode": "yarn"})
+
+
+class TestFactoryShape:
+    def test_group_wiring(self):
+        from airflow.sdk import DAG
+
+        with DAG("shape", schedule=None, params=factory.spark_params()) as dag:
+            factory.spark_job(job="build_features", job_args=["--ds", "{{ ds }}"],
+                              task_id="build_features")
+        tasks = {t.task_id: t for t in dag.tasks}
+        prefix = "build_features."
+        assert sorted(tasks) == [prefix + n for n in (
+            "add_step", "choose_mode", "join", "spark_submit", "upload_code", "watch_step")]
+        assert tasks[prefix + "choose_mode"].downstream_task_ids == {
+            prefix + "spark_submit", prefix + "upload_code"}
+        assert tasks[prefix + "join"].upstream_task_ids == {prefix + "spark_submit",
+                                                            prefix + "watch_step"}
+        assert tasks[prefix + "join"].trigger_rule == "none_failed_min_one_success"
+        local = tasks[prefix + "spark_submit"]
+        assert local.application == str(REPO_ROOT / "spark_jobs" / "build_features.py")
+        assert local.application_args == ["--ds", "{{ ds }}"] and local._conn_id == "spark_default"
+        assert local.py_files is None  # zipped when the task runs, not at parse time
+        assert tasks[prefix + "add_step"].job_flow_id == factory.CLUSTER_ID_TEMPLATE
+        assert dag.params["spark_mode"] in factory.SPARK_MODES

@@ -80,6 +80,7 @@ class TestTrainJob:
         write_days(tmp_path, DAYS, rows=300, seed=22)
         printed, _ = _run_job(ray_head, tmp_path, spec_path, "--trials", "1", "--workers", "2")
         artifact = registry.load_model_dir(printed["version_uri"])
-        assert artifact.meta["plan"] == {"concurrency": 1, "trial_cpus": 0.5, "nthread": 1,
-                                         "worker_cpus": 0.5}
+        plan = artifact.meta["plan"]
+        assert (plan["concurrency"], plan["nthread"]) == (1, 1)
+        assert 0 < plan["trial_cpus"] + 2 * plan["worker_cpus"] <= 0.75 * plan["cpus"] <= 1.5
         assert printed["metrics"]["roc_auc"] > 0.6

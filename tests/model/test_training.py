@@ -80,13 +80,15 @@ class TestPlanTrials:
         (2, 1, None, (1, 2.0, 2)),
         (8, 8, 2, (2, 4.0, 4)),
         (16, 4, None, (4, 4.0, 4)),
+        (1.5, 8, None, (2, 0.75, 1)),  # a job driver holds 0.5 of 2 CPUs
+        (0.5, 8, None, (1, 0.5, 1)),
     ])
     def test_single_worker_shape(self, cpus, trials, cap, expected):
         plan = training.plan_trials(cpus, trials, 1, cap)
         assert (plan.concurrency, plan.trial_cpus, plan.nthread) == expected
         assert plan.concurrency * plan.trial_cpus <= cpus
 
-    @pytest.mark.parametrize(("cpus", "workers"), [(2, 2), (4, 2), (8, 3), (64, 4)])
+    @pytest.mark.parametrize(("cpus", "workers"), [(2, 2), (1.5, 2), (4, 2), (8, 3), (64, 4)])
     def test_train_shape_never_exceeds_the_cluster(self, cpus, workers):
         plan = training.plan_trials(cpus, 8, workers)
         per_trial = plan.trial_cpus + workers * plan.worker_cpus

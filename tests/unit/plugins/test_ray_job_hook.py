@@ -95,6 +95,19 @@ class TestHookConnection:
             RayJobHook(ray_conn_id=CONN_ID).client  # noqa: B018 - property under test
 
 
+class TestHookRetries:
+    def test_connection_refused_is_retried_then_raised(self, monkeypatch):
+        from tests.support.ray_head import free_port
+
+        monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(
+            {"conn_type": "http", "host": "127.0.0.1", "port": free_port(),
+             "extra": {"token_path": None}}))
+        hook = RayJobHook(ray_conn_id=CONN_ID)
+        with pytest.raises(requests.ConnectionError):
+            hook.find_job("af-nobody-listens")
+        assert RayJobHook.find_job.statistics["attempt_number"] == 4
+
+
 class TestSplitNewLines:
     def test_partial_line_waits_until_final(self):
         assert split_new_lines("a\nb\npart", 0, final=False) == (["a", "b"], 4)
