@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import churn
 from churn import registry, training
@@ -27,6 +28,11 @@ from churn.metrics import classification_metrics, render_report
 from churn.modeling import LABEL_COLUMN, FeatureSchema, infer_schema, load_booster, predict_proba
 from churn.spec import DatasetSpec, load_spec
 from churn.storage import write_json_atomic
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    import xgboost
 
 
 def _code_version() -> dict:
@@ -66,23 +72,11 @@ def run_search(data: training.Matrices, frames: tuple, schema: FeatureSchema, tr
     Returns:
         (the best trial's Result, the resource plan it ran with).
     """
-    import ray
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     plan = training.plan_trials(_free_cpus(), trials, workers, max_concurrent)
-    if workers == 1:
-        trainable = tune.with_parameters(training.tune_trial, data=data, nthread=plan.nthread,
-                                         settings=settings)
-    else:
-        import ray.data
-
-        shape = training.TrainShape(workers, plan.worker_cpus, storage_path)
-        datasets = {"train": ray.data.from_pandas(frames[0]),
-                    "valid": ray.data.from_pandas(frames[1])}
-        trainable = tune.with_parameters(training.train_driver_trial, datasets=datasets,
-                                         schema_json=schema.to_json(), shape=shape,
-                                         settings=settings)
+    trainable = _trainable(data, frames, schema, plan, workers, settings, storage_path)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"CPU": plan.trial_cpus}),
         param_space=training.search_space() if search else dict(training.DEFAULT_PARAMS),
@@ -96,7 +90,27 @@ def run_search(data: training.Matrices, frames: tuple, schema: FeatureSchema, tr
     errors = [str(r.error) for r in grid if r.error is not None]
     if len(errors) == len(grid):
         raise RuntimeError(f"every trial failed; first error: {errors[0]}")
+    if errors:
+        print(f"warning: {len(errors)} of {len(grid)} trials failed; first: {errors[0]}",
+              file=sys.stderr)
     return grid.get_best_result(), plan
+
+
+def _trainable(data: training.Matrices, frames: tuple, schema: FeatureSchema,
+               plan: training.TrialPlan, workers: int, settings: training.BoostSettings,
+               storage_path: str):
+    """The Tune trainable of the shape chosen by `workers`, its data bound by reference."""
+    from ray import tune
+
+    if workers == 1:
+        return tune.with_parameters(training.tune_trial, data=data, nthread=plan.nthread,
+                                    settings=settings)
+    import ray.data
+
+    shape = training.TrainShape(workers, plan.worker_cpus, storage_path)
+    datasets = {"train": ray.data.from_pandas(frames[0]), "valid": ray.data.from_pandas(frames[1])}
+    return tune.with_parameters(training.train_driver_trial, datasets=datasets,
+                                schema_json=schema.to_json(), shape=shape, settings=settings)
 
 
 def _storage_path(root: str) -> str:
@@ -104,7 +118,8 @@ def _storage_path(root: str) -> str:
     return root + "/ray_results" if "://" in root else str(Path(root).resolve() / "ray_results")
 
 
-def _best_booster(best) -> object:
+def _best_booster(best) -> xgboost.Booster:
+    """The model saved in the best trial's checkpoint."""
     with best.checkpoint.as_directory() as checkpoint_dir:
         return load_booster((Path(checkpoint_dir) / training.MODEL_FILE).read_bytes())
 
@@ -113,10 +128,10 @@ def _best_booster(best) -> object:
 class Outcome:
     """What the search produced, ready to be written as a registry version."""
 
-    booster: object
+    booster: xgboost.Booster
     schema: FeatureSchema
-    valid: object
-    scores: object
+    valid: pd.DataFrame
+    scores: np.ndarray
     config: dict
     rounds: int
     window: training.TrainingWindow

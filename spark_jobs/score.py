@@ -5,16 +5,19 @@
 Reads `features/ds=D`, aligns the columns by the feature names stored with the model (a missing
 feature fails the job, extra columns are ignored), scores them through `mapInPandas` (model UBJ
 bytes broadcast, booster built once per Python worker) and writes `predictions/ds=D`
-atomically. Without `--model-uri` the registry's champion scores; with no champion the job exits
-with `EXIT_NO_CHAMPION` and the message "no champion model for <name>".
+atomically, then the `runs/ds=D/score.json` fragment. Without `--model-uri` the registry's
+champion scores; with no champion the job exits with `EXIT_NO_CHAMPION` and the message
+"no champion model for <name>".
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 
+from churn import manifest
 from churn.registry import ModelArtifact, champion_uri, load_model_dir
 from churn.scoring import SCORES_DDL, batch_scorer, check_features
 from churn.spark import build_session, to_spark_uri
@@ -73,10 +76,10 @@ def score_features(features, artifact: ModelArtifact, model_bytes_broadcast, *, 
     Raises:
         MissingFeatureError: the features lack a column the model was trained on.
     """
-    check_features(artifact.schema, features.columns)
-    needed = features.select(id_column, *artifact.schema.features)
     from pyspark.sql import functions as F
 
+    check_features(artifact.schema, features.columns)
+    needed = features.select(id_column, *artifact.schema.features)
     scorer = batch_scorer(lambda: model_bytes_broadcast.value, artifact.schema.to_json(),
                           id_column=id_column)
     return needed.mapInPandas(scorer, schema=SCORES_DDL).select(
@@ -84,24 +87,28 @@ def score_features(features, artifact: ModelArtifact, model_bytes_broadcast, *, 
         F.lit(artifact.version).alias("model_version"), F.lit(ds).alias("ds"))
 
 
-def run(spark, root: str, spec, artifact: ModelArtifact, ds: str) -> int:
-    """Score one day with `artifact` and write `predictions/ds=D` atomically.
+def run(spark, root: str, spec, artifact: ModelArtifact, ds: str, model_uri: str = "") -> int:
+    """Score one day with `artifact`, write `predictions/ds=D` atomically and the `score`
+    run fragment (rows, model, seconds).
 
     Returns:
         The number of predictions written.
     """
+    began = time.monotonic()
     layout = Layout(root)
     broadcast = spark.sparkContext.broadcast(artifact.model_bytes)
     try:
         features = spark.read.parquet(to_spark_uri(layout.features(ds)))
-        predictions = score_features(features, artifact, broadcast, id_column=spec.id_column,
-                                     ds=ds).cache()
+        predictions = score_features(features, artifact, broadcast, id_column=spec.id_column, ds=ds)
         with atomic_partition(layout.predictions(ds)) as tmp:
             predictions.write.mode("overwrite").parquet(to_spark_uri(tmp))
-        rows = predictions.count()
-        predictions.unpersist()
     finally:
         broadcast.unpersist()
+    rows = manifest.parquet_rows(layout.predictions(ds))
+    payload = manifest.fragment("score", ds, skipped=False, model_uri=model_uri,
+                                model_version=artifact.version, prediction_rows=rows,
+                                seconds=round(time.monotonic() - began, 3))
+    manifest.write_fragment(layout, ds, "score", payload)
     return rows
 
 
@@ -117,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     artifact = load_model_dir(model_uri)
     spark = build_session("churn-score", master=args.master, arrow_batch_size=args.arrow_batch_size)
     try:
-        rows = run(spark, args.root, spec, artifact, args.ds)
+        rows = run(spark, args.root, spec, artifact, args.ds, model_uri)
     finally:
         spark.stop()
     print(f"score: wrote {rows} predictions for ds={args.ds} with {artifact.version}")

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 CORRUPT = "_corrupt_record"
 FILE = "_file"
+FILE_ID = "_file_id"
 DS = "_ds"
 REASON = "reason"
 COPIES = "_copies"
@@ -261,24 +262,49 @@ def read_raw(spark: SparkSession, spec: DatasetSpec, table: str,
         files: data files per day, e.g. from `collect_files`.
 
     Returns:
-        Columns `table_columns(spec, table)` (strings), `_corrupt_record`, `_file`, `_ds`.
+        Columns `table_columns(spec, table)` (strings), `_corrupt_record`, `_file`, `_file_id`
+        (the file's index in `ordered_files(files)`) and `_ds`.
     """
     from pyspark.sql import functions as F
 
     fmt, cols = table_format(spec, table), table_columns(spec, table)
     groups: dict[tuple[str, ...], list[str]] = {}
-    for uri in (u for day in sorted(files) for u in files[day]):
+    for uri in ordered_files(files):
         header = check_columns(uri, fmt, cols)
         if header:
             groups.setdefault(tuple(header) if fmt == "csv" else (), []).append(uri)
     frames = [_read_group(spark, fmt, list(header) or cols, uris).select(*cols, CORRUPT, FILE)
               for header, uris in groups.items()]
     if not frames:
-        return spark.createDataFrame([], _string_schema([*cols, CORRUPT, FILE, DS]))
+        empty = spark.createDataFrame([], _string_schema([*cols, CORRUPT, FILE, DS]))
+        return empty.withColumn(FILE_ID, F.lit(None).cast("int"))
     frame = frames[0]
     for other in frames[1:]:
         frame = frame.unionByName(other)
-    return frame.select(*cols, CORRUPT, FILE, _partition_day(F.col(FILE)).alias(DS))
+    return frame.select(*cols, CORRUPT, FILE, _file_id(F.col(FILE), ordered_files(files)),
+                        _partition_day(F.col(FILE)).alias(DS))
+
+
+def ordered_files(files: dict[str, list[str]]) -> list[str]:
+    """All files of `collect_files` in one fixed order (day, then name): `_file_id` indexes it."""
+    return [uri for day in sorted(files) for uri in files[day]]
+
+
+def _file_tail(path: str | Column):
+    """The `ds=…/<file name>` end of a path (unique within a table)."""
+    from pyspark.sql import functions as F
+
+    if isinstance(path, str):
+        return "/".join(path.rstrip("/").split("/")[-2:])
+    return F.regexp_extract(F.url_decode(path), r"(ds=[^/]+/[^/]+)$", 1)
+
+
+def _file_id(file_col: Column, uris: list[str]) -> Column:
+    """An int id per input file (aggregating an int keeps Spark on hash aggregation)."""
+    from pyspark.sql import functions as F
+
+    pairs = [F.lit(x) for i, uri in enumerate(uris) for x in (_file_tail(uri), i)]
+    return F.element_at(F.create_map(*pairs), _file_tail(file_col)).cast("int").alias(FILE_ID)
 
 
 def _string_schema(cols: Iterable[str]):
@@ -387,12 +413,14 @@ def collapse(tagged: DataFrame, spec: DatasetSpec, table: str) -> DataFrame:
     from pyspark.sql import functions as F
 
     keys = [*table_columns(spec, table), CORRUPT, DS, REASON]
-    grouped = tagged.groupBy(*keys).agg(F.count(F.lit(1)).alias("_n"), F.min(FILE).alias(FILE))
+    grouped = tagged.groupBy(*keys).agg(F.count(F.lit(1)).alias("_n"),
+                                        F.min(FILE_ID).alias(FILE_ID))
     return grouped.withColumn(
         COPIES, F.when(F.col(REASON).isNull(), F.col("_n") - 1).otherwise(F.col("_n")))
 
 
-def rejected_rows(collapsed: DataFrame, spec: DatasetSpec, table: str) -> DataFrame:
+def rejected_rows(collapsed: DataFrame, spec: DatasetSpec, table: str,
+                  file_names: list[str]) -> DataFrame:
     """The rejected raw rows, one per raw row.
 
     Returns:
@@ -405,7 +433,16 @@ def rejected_rows(collapsed: DataFrame, spec: DatasetSpec, table: str) -> DataFr
         "_copy", F.explode(F.sequence(F.lit(1), F.col(COPIES))))
     reason = F.coalesce(F.col(REASON), F.lit(DUPLICATE_ROW)).alias(REASON)
     return expanded.select(*table_columns(spec, table), reason, F.col(CORRUPT).alias("raw_record"),
-                           F.col(FILE).alias("source_file"), F.col(DS).alias("ds"))
+                           _file_name(file_names).alias("source_file"), F.col(DS).alias("ds"))
+
+
+def _file_name(file_names: list[str]) -> Column:
+    """The file path of `_file_id` (null when unknown)."""
+    from pyspark.sql import functions as F
+
+    if not file_names:
+        return F.lit(None).cast("string")
+    return F.element_at(F.array(*map(F.lit, file_names)), F.col(FILE_ID) + 1)
 
 
 def typed_rows(collapsed: DataFrame, spec: DatasetSpec, table: str) -> DataFrame:
@@ -459,7 +496,8 @@ def day_counts(collapsed: DataFrame, days: Iterable[str]) -> dict[str, DayCounts
     return counts
 
 
-def validate(raw: DataFrame, spec: DatasetSpec, table: str, count_days: Iterable[str]) -> Validated:
+def validate(raw: DataFrame, spec: DatasetSpec, table: str, count_days: Iterable[str],
+             file_names: list[str] = ()) -> Validated:
     """Validate raw string rows against the spec.
 
     Args:
@@ -467,6 +505,7 @@ def validate(raw: DataFrame, spec: DatasetSpec, table: str, count_days: Iterable
         spec: the dataset spec.
         table: `events` or `customers`.
         count_days: the days whose counts are wanted (the job's target days).
+        file_names: `ordered_files(files)` of the read, to name each rejected row's file.
 
     Returns:
         Typed valid rows (with `_ds`), rejected rows (with `reason`), counts per count day.
@@ -476,7 +515,7 @@ def validate(raw: DataFrame, spec: DatasetSpec, table: str, count_days: Iterable
     collapsed = collapse(tag_rows(raw, spec, table), spec, table)
     collapsed = collapsed.persist(StorageLevel.MEMORY_AND_DISK)
     return Validated(valid=typed_rows(collapsed, spec, table),
-                     rejected=rejected_rows(collapsed, spec, table),
+                     rejected=rejected_rows(collapsed, spec, table, list(file_names)),
                      counts=day_counts(collapsed, count_days), cached=collapsed)
 
 

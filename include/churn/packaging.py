@@ -81,7 +81,8 @@ def build_package_zip(dest_dir: str | Path | None = None, source: Path | None = 
     tmp = dest / f"_tmp-{uuid.uuid4().hex}.zip"
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for path in files:
-            entry = zipfile.ZipInfo(f"{PACKAGE_NAME}/{path.relative_to(source).as_posix()}", _ZIP_DATE)
+            name = f"{PACKAGE_NAME}/{path.relative_to(source).as_posix()}"
+            entry = zipfile.ZipInfo(name, _ZIP_DATE)
             entry.compress_type = zipfile.ZIP_DEFLATED
             entry.external_attr = 0o644 << 16
             archive.writestr(entry, path.read_bytes())

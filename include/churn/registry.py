@@ -72,12 +72,6 @@ def _read_bytes(uri: str) -> bytes:
         return src.read()
 
 
-def _write_bytes(uri: str, payload: bytes) -> None:
-    fs, path = filesystem(uri)
-    with fs.open_output_stream(path) as out:
-        out.write(payload)
-
-
 def _file_type(uri: str) -> pafs.FileType:
     fs, path = filesystem(uri)
     return fs.get_file_info(path).type
@@ -187,7 +181,7 @@ def list_versions(root: str, model_name: str) -> list[str]:
 
 
 def write_version(root: str, model_name: str, version: str, files: dict[str, bytes]) -> str:
-    """Write a new immutable version directory (temp sibling, then one rename).
+    """Write a new immutable version directory (locally: temp sibling, then one rename).
 
     Args:
         root: the data root.
@@ -211,17 +205,26 @@ def write_version(root: str, model_name: str, version: str, files: dict[str, byt
     if _file_type(final) != pafs.FileType.NotFound:
         raise VersionExistsError(f"model version {version} already exists at {final}")
     fs, final_path = filesystem(final)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        # No directory rename on S3: write in place, meta.json last (load_model_dir needs it).
+        _write_files(fs, final_path, files)
+        return final
     tmp_path = f"{final_path.rpartition('/')[0]}/_tmp-{version}-{uuid.uuid4().hex[:8]}"
-    fs.create_dir(tmp_path, recursive=True)
-    for name, payload in files.items():
-        validate_name(name.replace(".", "_"), "file name")
-        with fs.open_output_stream(f"{tmp_path}/{name}") as out:
-            out.write(payload)
+    _write_files(fs, tmp_path, files)
     if fs.get_file_info(final_path).type != pafs.FileType.NotFound:
         fs.delete_dir(tmp_path)
         raise VersionExistsError(f"model version {version} already exists at {final}")
     fs.move(tmp_path, final_path)
     return final
+
+
+def _write_files(fs: pafs.FileSystem, directory: str, files: dict[str, bytes]) -> None:
+    """Write every file into a directory, meta.json last (its presence marks completeness)."""
+    fs.create_dir(directory, recursive=True)
+    for name in sorted(files, key=lambda n: n == META_FILE):
+        validate_name(name.replace(".", "_"), "file name")
+        with fs.open_output_stream(f"{directory}/{name}") as out:
+            out.write(files[name])
 
 
 def json_bytes(payload: Any) -> bytes:

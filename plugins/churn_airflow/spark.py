@@ -36,7 +36,8 @@ SPARK_JOBS_DIR = Path(__file__).resolve().parents[2] / "spark_jobs"
 SPARK_MODES = ("local", "emr")
 AWS_CONN_ID = "aws_default"
 SPARK_CONN_ID = "spark_default"
-CLUSTER_ID_TEMPLATE = "{{ params.get('emr_cluster_id') or var.value.get('churn_emr_cluster_id', '') }}"
+CLUSTER_ID_TEMPLATE = (
+    "{{ params.get('emr_cluster_id') or var.value.get('churn_emr_cluster_id', '') }}")
 CODE_URI_TEMPLATE = "{{ var.value.get('churn_emr_code_uri', '') }}"
 REUSABLE_STEP_STATES = ("PENDING", "RUNNING", "COMPLETED")
 
@@ -51,7 +52,8 @@ def spark_params() -> dict[str, Param]:
         "spark_mode": Param(os.environ.get("CHURN_SPARK_MODE", "local"), enum=list(SPARK_MODES),
                             description="local spark-submit or a step on an EMR cluster"),
         "emr_cluster_id": Param("", type="string",
-                                description="EMR cluster id (empty: Variable churn_emr_cluster_id)"),
+                                description="EMR cluster id (empty: Variable "
+                                            "churn_emr_cluster_id)"),
     }
 
 

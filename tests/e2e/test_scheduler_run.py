@@ -38,6 +38,7 @@ class Standalone:
         self.port = free_port()
         self.log_path = log_path
         env = {**world.env, "AIRFLOW__API__PORT": str(self.port), "AIRFLOW__API__HOST": "127.0.0.1",
+               "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.port}/execution/",
                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
                # catchup=False still schedules the latest interval once unpaused (a day without

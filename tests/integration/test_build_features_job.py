@@ -1,4 +1,4 @@
-"""The build_features job on generated data: range vs single day, point in time, faults, spark-submit.
+"""The build_features job on generated data: range vs day, point in time, faults, spark-submit.
 
 The job's `run` goes through the shared local Spark session; one test launches the real
 `spark-submit` with the churn package shipped as a zip.

@@ -14,7 +14,7 @@ from churn.modeling import MissingFeatureError
 from churn.registry import load_model_dir
 from churn.scoring import score_frame
 from churn.spec import load_spec
-from churn.storage import Layout
+from churn.storage import Layout, read_json
 from spark_jobs import score
 from tests.support.model_fixture import ID_COLUMN, VERSION, features_frame, write_model_version
 
@@ -47,8 +47,14 @@ class TestRun:
     def test_writes_the_predictions_contract(self, spark, spec_path, scored_root):
         root, frame, model = scored_root
         artifact = load_model_dir(score.resolve_model_uri(str(root), "churn_xgb", None))
-        rows = score.run(spark, str(root), load_spec(spec_path), artifact, DS)
+        rows = score.run(spark, str(root), load_spec(spec_path), artifact, DS, "models/x")
         got = _read_predictions(root)
+        fragment = read_json(Layout(str(root)).run_fragment(DS, "score"))
+        assert {k: fragment[k] for k in ("step", "ds", "skipped", "model_uri", "model_version",
+                                         "prediction_rows")} == {
+            "step": "score", "ds": DS, "skipped": False, "model_uri": "models/x",
+            "model_version": VERSION, "prediction_rows": ROWS}
+        assert fragment["seconds"] > 0
         expected = score_frame(model.booster, model.schema, frame, id_column=ID_COLUMN,
                                model_version=VERSION, ds=DS)
         assert rows == ROWS

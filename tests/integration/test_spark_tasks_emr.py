@@ -163,6 +163,8 @@ class TestLocalMode:
         assert sorted(got["customer_id"]) == sorted(frame["customer_id"])
         assert set(got["model_version"]) == {model.version} and set(got["ds"]) == {DS}
         assert got["churn_probability"].between(0, 1).all()
+        fragment = json.loads((tmp_path / "runs" / f"ds={DS}" / "score.json").read_text())
+        assert (fragment["prediction_rows"], fragment["model_version"]) == (60, model.version)
 
 
 class TestEmrHelpers:

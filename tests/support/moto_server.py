@@ -11,19 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from tests.support.ray_head import free_port
+
 REGION = "us-east-1"
 _NEXT_STATE = {"PENDING": "RUNNING"}
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

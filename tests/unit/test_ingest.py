@@ -14,6 +14,7 @@ from churn.spec import DatasetSpec, load_spec
 from churn.storage import Layout
 
 DAY = "2024-01-10"
+MALFORMED = ingest.MALFORMED
 HEADER = "customer_id,event_ts,event_type,amount"
 GOOD_ROWS = [
     "00042,2024-01-10 08:00:00,login,",
@@ -54,7 +55,8 @@ def _spec(**events) -> DatasetSpec:
 def _validate(spark, root: Path, spec: DatasetSpec, table: str = "events",
               days=(DAY,)) -> ingest.Validated:
     files = ingest.collect_files(Layout(str(root)), spec, table, days)
-    return ingest.validate(ingest.read_raw(spark, spec, table, files), spec, table, days)
+    raw = ingest.read_raw(spark, spec, table, files)
+    return ingest.validate(raw, spec, table, days, ingest.ordered_files(files))
 
 
 class TestPlanReads:
@@ -110,8 +112,9 @@ class TestValidate:
         assert by_id["yesterday"] == "bad_timestamp"
         assert by_id["2024-01-11 00:00:01"] == "outside_partition_day"
         assert set(rejected["ds"]) == {DAY}
+        assert set(rejected["source_file"]) == {str(tmp_path / f"raw/events/ds={DAY}/part-0.csv")}
         malformed = rejected[rejected["reason"] == "malformed_row"]["raw_record"]
-        assert sorted(malformed) == sorted(r for r, why in BAD_ROWS.items() if why == "malformed_row")
+        assert sorted(malformed) == sorted(r for r, why in BAD_ROWS.items() if why == MALFORMED)
 
     def test_valid_rows_are_typed_and_keep_leading_zeros(self, spark, tmp_path):
         _write(tmp_path, "events", DAY, "part-0.csv", _csv(*GOOD_ROWS))
@@ -130,8 +133,8 @@ class TestValidate:
             ("00042", "login", None), ("007", "usage", 3.5)]
 
     def test_missing_column_names_file_and_column(self, spark, tmp_path):
-        bad = _write(tmp_path, "events", DAY, "part-0.csv",
-                     _csv("00042,2024-01-10 08:00:00,login", header="customer_id,event_ts,event_type"))
+        text = _csv("00042,2024-01-10 08:00:00,login", header="customer_id,event_ts,event_type")
+        bad = _write(tmp_path, "events", DAY, "part-0.csv", text)
         with pytest.raises(ingest.MissingColumnError, match=f"{bad}.*amount"):
             _validate(spark, tmp_path, _spec())
 
