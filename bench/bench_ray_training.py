@@ -2,8 +2,9 @@
 
 1. W = 1 job shape (one Tune trial of fixed params, no search) ÷ plain `xgboost.train` in-process,
    same data and rounds, at each size of --rows (goal ≤ 1.3); Ray start reported separately.
-2. Tune with --trials trials: wall time one after another (max_concurrent 1) ÷ in parallel
-   (concurrency from the cluster's CPUs) (goal ≥ 1.6 on 2 CPUs).
+2. Tune with --trials trials: wall time one after another (max_concurrent 1, each trial with
+   every CPU) ÷ in parallel (concurrency from the cluster's CPUs) (goal ≥ 1.6 on 2 CPUs); also
+   one after another with 1 CPU (nthread 1) each, the same per-trial work as in parallel.
 3. W = 2 Train V2 shape ÷ W = 1 shape, one trial of fixed params.
 
     python bench/bench_ray_training.py [--quick] [--rows 200000 1000000] [--trials 8]
@@ -69,11 +70,12 @@ def plain_xgboost(data: training.Matrices, settings: training.BoostSettings, nth
 
 
 def job_shape(frames, data, settings, storage: str, trials: int = 1, workers: int = 1,
-              max_concurrent: int | None = None, search: bool = False) -> float:
+              max_concurrent: int | None = None, search: bool = False,
+              cpus: float | None = None) -> float:
     """Wall seconds of the job's Tune search (Ray already running)."""
     schema = infer_schema(frames[0], "customer_id")
     return timed(lambda: run_search(data, frames, schema, trials, workers, max_concurrent,
-                                    settings, storage, search))
+                                    settings, storage, search, cpus))
 
 
 def bench_size(rows: int, settings, storage: str, cpus: int) -> dict:
@@ -92,9 +94,11 @@ def bench_tune(rows: int, trials: int, settings, storage: str) -> dict:
     frames, data = make_data(rows)
     sequential = job_shape(frames, data, settings, storage, trials, max_concurrent=1,
                            search=True)
+    one_cpu = job_shape(frames, data, settings, storage, trials, search=True, cpus=1)
     parallel = job_shape(frames, data, settings, storage, trials, search=True)
     return {"rows": rows, "trials": trials, "sequential_s": sequential, "parallel_s": parallel,
-            "speedup": sequential / parallel}
+            "speedup": sequential / parallel, "sequential_1cpu_s": one_cpu,
+            "speedup_vs_1cpu_each": one_cpu / parallel}
 
 
 def bench_train_v2(rows: int, settings, storage: str) -> dict:
@@ -146,6 +150,9 @@ def print_table(result: dict) -> None:
         print(f"{'Tune ' + str(tune['trials']) + ' trials: sequential / parallel':44} "
               f"{tune['sequential_s']:8.2f} {tune['parallel_s']:8.2f} {tune['speedup']:6.2f}"
               "  >= 1.6")
+        print(f"{'  same, sequential trials of 1 CPU each':44} "
+              f"{tune['sequential_1cpu_s']:8.2f} {tune['parallel_s']:8.2f} "
+              f"{tune['speedup_vs_1cpu_each']:6.2f}")
     if "train_v2" in result:
         v2 = result["train_v2"]
         print(f"{'Train V2 W=2 / W=1, ' + str(v2['rows']) + ' rows':44} "

@@ -12,7 +12,8 @@ Measured side by side in one run, on generated Parquet raw data (synthetic spec,
   in DuckDB on the same Parquet files: Spark ÷ DuckDB at 10x (goal <= 3);
 - one 30-day range pass ÷ 30 single-day runs (goal <= 0.3); with `--singles K < 30` only K
   single days are run and their mean is scaled to 30 (said in the output);
-- peak RSS of each job (the whole process tree: python driver, JVM, python workers).
+- peak RSS of each job: for Spark the whole process tree (python driver, JVM, python workers);
+  for DuckDB the python process it runs in (which also holds the idle Spark driver's python).
 Prints a table and writes bench/results/bench_spark_features.json.
 """
 
@@ -39,12 +40,14 @@ class Measure:
     """Wall time and peak RSS (MB) of one measured block."""
 
     seconds: float = 0.0
-    peak_rss_mb: float = 0.0
+    peak_rss_mb: float = 0.0       # this process and its children (python driver, JVM, workers)
+    peak_self_rss_mb: float = 0.0  # this python process alone (where DuckDB runs)
 
 
 @dataclass
 class _Sampler:
     peak: int = 0
+    peak_self: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
 
     def loop(self) -> None:
@@ -52,14 +55,14 @@ class _Sampler:
 
         me = psutil.Process()
         while not self.stop.wait(0.1):
-            procs = [me, *me.children(recursive=True)]
-            total = 0
-            for proc in procs:
+            own = me.memory_info().rss
+            total = own
+            for proc in me.children(recursive=True):
                 try:
                     total += proc.memory_info().rss
                 except psutil.Error:
                     continue
-            self.peak = max(self.peak, total)
+            self.peak, self.peak_self = max(self.peak, total), max(self.peak_self, own)
 
 
 @contextmanager
@@ -76,6 +79,7 @@ def measured(into: Measure):
         sampler.stop.set()
         thread.join()
         into.peak_rss_mb = round(sampler.peak / 2**20, 1)
+        into.peak_self_rss_mb = round(sampler.peak_self / 2**20, 1)
 
 
 def bench_spec(workdir: Path) -> str:
@@ -262,7 +266,7 @@ def scale_results(spark, root: Path, spec: str, ds: str, out: Path) -> dict:
             "job_events_per_s": round(events / full.seconds),
             "job_peak_rss_mb": full.peak_rss_mb,
             "spark_agg_s": round(agg.seconds, 2), "spark_agg_peak_rss_mb": agg.peak_rss_mb,
-            "duckdb_agg_s": round(duck.seconds, 2), "duckdb_peak_rss_mb": duck.peak_rss_mb,
+            "duckdb_agg_s": round(duck.seconds, 2), "duckdb_peak_rss_mb": duck.peak_self_rss_mb,
             "spark_over_duckdb": round(agg.seconds / duck.seconds, 2)}
 
 

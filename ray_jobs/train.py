@@ -66,8 +66,9 @@ def _free_cpus() -> float:
 
 def run_search(data: training.Matrices, frames: tuple, schema: FeatureSchema, trials: int,
                 workers: int, max_concurrent: int | None, settings: training.BoostSettings,
-                storage_path: str, search: bool = True):
-    """Run the Tune search (one trial of DEFAULT_PARAMS when search is False).
+                storage_path: str, search: bool = True, cpus: float | None = None):
+    """Run the Tune search (one trial of DEFAULT_PARAMS when search is False) on `cpus` CPUs
+    (default: the cluster's free CPUs).
 
     Returns:
         (the best trial's Result, the resource plan it ran with).
@@ -75,7 +76,7 @@ def run_search(data: training.Matrices, frames: tuple, schema: FeatureSchema, tr
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    plan = training.plan_trials(_free_cpus(), trials, workers, max_concurrent)
+    plan = training.plan_trials(cpus or _free_cpus(), trials, workers, max_concurrent)
     trainable = _trainable(data, frames, schema, plan, workers, settings, storage_path)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"CPU": plan.trial_cpus}),

@@ -4,7 +4,8 @@
 # last days (the first one trains: no champion yet; the next ones score), print a summary, stop Ray.
 #
 # Knobs (env): DEMO_CUSTOMERS (5000), DEMO_DAYS (120), DEMO_START (2025-01-01), DEMO_RUN_DAYS (3),
-# DEMO_TRIALS (4), DEMO_ROOT (data/: its pipeline areas are wiped at start). Airflow's home is the
+# DEMO_TRIALS (4), DEMO_ROOT (data/: its pipeline areas are wiped at start), DEMO_KEEP_DATA=1
+# (reuse the data and history features of a previous demo: only models/predictions are reset). Airflow's home is the
 # one `make airflow` uses (.airflow/), so the demo's runs show up in the UI afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,18 +29,23 @@ first_run="$(day_after "$end" $((1 - run_days)))"
 history_end="$(day_after "$first_run" -1)"
 began=$(date +%s)
 
-echo "==> [1/6] generating $customers customers x $days days ($start .. $end) into $root"
-for area in raw oracle features labels quarantine predictions runs models ray_results; do
-  rm -rf "${root:?}/$area"
-done
-mkdir -p "$root"
-python -m churn.generate --root "$root" --customers "$customers" --start "$start" --days "$days" \
-  --seed 42 --spec "$spec" >/dev/null
+if [[ "${DEMO_KEEP_DATA:-0}" == 1 && -d "$root/features" ]]; then
+  echo "==> [1-2/6] reusing the generated data and history features in $root (DEMO_KEEP_DATA=1)"
+  rm -rf "${root:?}/models" "${root:?}/predictions" "${root:?}/ray_results"
+else
+  echo "==> [1/6] generating $customers customers x $days days ($start .. $end) into $root"
+  for area in raw oracle features labels quarantine predictions runs models ray_results; do
+    rm -rf "${root:?}/$area"
+  done
+  mkdir -p "$root"
+  python -m churn.generate --root "$root" --customers "$customers" --start "$start" --days "$days" \
+    --seed 42 --spec "$spec" >/dev/null
 
-echo "==> [2/6] features and labels of the history ($start .. $history_end) in one Spark pass"
-python spark_jobs/build_features.py --root "$root" --spec "$spec" --start "$start" \
-  --end "$history_end" --master "local[2]" 2>"$root/bulk_features.log" \
-  || { tail -20 "$root/bulk_features.log"; exit 1; }
+  echo "==> [2/6] features and labels of the history ($start .. $history_end) in one Spark pass"
+  python spark_jobs/build_features.py --root "$root" --spec "$spec" --start "$start" \
+    --end "$history_end" --master "local[2]" 2>"$root/bulk_features.log" \
+    || { tail -20 "$root/bulk_features.log"; exit 1; }
+fi
 
 echo "==> [3/6] Airflow metadata DB in $AIRFLOW_HOME"
 mkdir -p "$AIRFLOW_HOME"
@@ -50,6 +56,12 @@ if bash scripts/ray_local.sh status >/dev/null 2>&1; then
   echo "    (a head started by make ray-up is running: using it, leaving it up)"
 else
   trap 'echo "==> [6/6] stopping Ray"; bash scripts/ray_local.sh down >/dev/null 2>&1 || true' EXIT
+fi
+port_busy() { python -c 'import socket, sys; s = socket.socket(); sys.exit(s.connect_ex(("127.0.0.1", int(sys.argv[1]))) != 0)' "$1"; }
+free_port() { python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+if [[ -z "${RAY_LOCAL_DASHBOARD_PORT:-}" ]] && { port_busy 8265 || port_busy 6379; }; then
+  # another Ray (not ours) holds the default ports: run the demo's head on free ones
+  export RAY_LOCAL_DASHBOARD_PORT="$(free_port)" RAY_LOCAL_PORT="$(free_port)"
 fi
 ray_out="$(bash scripts/ray_local.sh up)"
 echo "$ray_out" | sed 's/^/    /'
