@@ -288,6 +288,13 @@ def read_fragments(root: str, ds: str, steps: list[str]) -> dict[str, dict]:
     return {step: read_json(uri) for step, uri in uris.items() if exists(uri)}
 
 
+def step_seconds(fragments: dict[str, dict]) -> dict[str, float]:
+    """Seconds per step: a fragment's `seconds`, else its `timings.total_s` (the training job)."""
+    seconds = {step: fragment.get("seconds", (fragment.get("timings") or {}).get("total_s"))
+               for step, fragment in fragments.items()}
+    return {step: value for step, value in seconds.items() if value is not None}
+
+
 def publish_manifest(root: str, ds: str, *, run: dict, repo_root: str) -> dict:
     """Merge this run's step fragments into `runs/ds=…/manifest.json` (atomic, replaces a rerun's).
 
@@ -324,7 +331,7 @@ def publish_manifest(root: str, ds: str, *, run: dict, repo_root: str) -> dict:
         "predictions": layout.predictions(ds) if scored else None,
         "trained": trained,
         "gate": fragments.get(GATE_STEP),
-        "timings": {step: fragment.get("seconds") for step, fragment in fragments.items()},
+        "timings": step_seconds(fragments),
         "steps": fragments,
         "code_version": code_version(repo_root),
         "libraries": library_versions(),

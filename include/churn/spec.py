@@ -133,11 +133,22 @@ class DatasetSpec(BaseModel):
         return self.events.longest_window - 1 if self.events else 0
 
 
+def _read_text(path: str) -> str:
+    """The spec file's text, from a local path or an `s3://` URI (EMR reads specs from S3)."""
+    if "://" not in path:
+        return Path(path).read_text()
+    from churn.storage import filesystem
+
+    fs, inner = filesystem(path)
+    with fs.open_input_stream(inner) as src:
+        return src.read().decode()
+
+
 def load_spec(path: str | Path) -> DatasetSpec:
     """Load and validate a dataset spec file.
 
     Args:
-        path: the YAML file.
+        path: the YAML file (local path or `s3://` URI).
 
     Returns:
         The frozen spec.
@@ -145,9 +156,9 @@ def load_spec(path: str | Path) -> DatasetSpec:
     Raises:
         SpecError: the file is missing, not YAML, or breaks the schema (message names the field).
     """
-    path = Path(path)
+    path = str(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(_read_text(path))
     except (OSError, yaml.YAMLError) as exc:
         raise SpecError(f"{path}: cannot read dataset spec: {exc}") from exc
     if not isinstance(raw, dict):

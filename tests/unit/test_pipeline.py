@@ -139,6 +139,13 @@ class TestPublishManifest:
             False, None, None)
 
 
+class TestStepSeconds:
+    def test_seconds_or_training_total(self):
+        fragments = {"features": {"seconds": 12.5}, "train": {"timings": {"total_s": 80.0}},
+                     "decide": {"train": False}}
+        assert pipeline.step_seconds(fragments) == {"features": 12.5, "train": 80.0}
+
+
 class TestVersions:
     def test_code_version_prefers_env(self, monkeypatch):
         monkeypatch.setenv("CHURN_CODE_VERSION", "1.2.3")
