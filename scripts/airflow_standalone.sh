@@ -19,6 +19,9 @@ export AIRFLOW_CONN_SPARK_DEFAULT="${AIRFLOW_CONN_SPARK_DEFAULT:-{\"conn_type\":
 ray_url="$(cat .ray-local/dashboard_url 2>/dev/null || echo http://127.0.0.1:8265)"
 export AIRFLOW_CONN_RAY_DEFAULT="${AIRFLOW_CONN_RAY_DEFAULT:-{\"conn_type\": \"http\", \"host\": \"$ray_url\"\}}"
 export RAY_AUTH_MODE=token
+# Unpausing schedules today's run (catchup is off), which waits in its sensor for raw data that
+# the demo data set does not have; allow a few runs at once so manual runs are not queued behind.
+export CHURN_MAX_ACTIVE_RUNS="${CHURN_MAX_ACTIVE_RUNS:-3}"
 mkdir -p "$AIRFLOW_HOME"
 password_file="$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
 
