@@ -70,7 +70,7 @@ def run(spark, args: JobArgs) -> dict:
     Raises:
         churn.ingest.IngestError: missing partition or column, or too many rejected rows.
     """
-    from churn import features, ingest, labels
+    from churn import ingest
     from churn.spec import load_spec
     from churn.storage import Layout, list_partitions
 
@@ -82,7 +82,26 @@ def run(spark, args: JobArgs) -> dict:
     LOG.info("features %s..%s, labels for %d matured day(s); reading %s", args.start, args.end,
              len(plan.label_days), {t: len(d) for t, d in plan.read_days.items()})
     checked = {t: _validate_table(spark, layout, spec, t, plan) for t in spec.tables}
-    _publish_ingest(layout, spec, plan, checked, args)
+    try:
+        _publish_ingest(layout, spec, plan, checked, args)
+        types = _build_outputs(layout, spec, plan, checked)
+    finally:
+        for result in checked.values():
+            result.release()
+    _publish_outputs(layout, plan, types, time.monotonic() - started)
+    return {"feature_days": plan.feature_days, "label_days": plan.label_days,
+            "counts": {t: {d: c.as_dict() for d, c in r.counts.items()}
+                       for t, r in checked.items()}}
+
+
+def _build_outputs(layout, spec, plan, checked: dict) -> list[str]:
+    """Compute and write features of the feature days and labels of the matured days.
+
+    Returns:
+        The event types that got their own feature columns.
+    """
+    from churn import features, labels
+
     events, customers = (checked[t].valid if t in checked else None
                          for t in ("events", "customers"))
     types = features.event_types(spec, events)
@@ -91,12 +110,7 @@ def run(spark, args: JobArgs) -> dict:
     if plan.label_days:
         labelled = labels.build_labels(spec, plan.label_days, events, customers)
         _write(labelled, plan.label_days, layout.labels, "labels")
-    for result in checked.values():
-        result.release()
-    _publish_outputs(layout, plan, types, time.monotonic() - started)
-    return {"feature_days": plan.feature_days, "label_days": plan.label_days,
-            "counts": {t: {d: c.as_dict() for d, c in r.counts.items()}
-                       for t, r in checked.items()}}
+    return types
 
 
 def _validate_table(spark, layout, spec, table: str, plan):
@@ -123,8 +137,7 @@ def _publish_ingest(layout, spec, plan, checked: dict, args: JobArgs) -> None:
     max_rate = (args.max_reject_rate if args.max_reject_rate is not None
                 else spec.validation.max_reject_rate)
     for table, result in checked.items():
-        rejected = result.rejected
-        _write(rejected.where(F.col("ds").isin(plan.feature_days)), plan.feature_days,
+        _write(result.rejected.where(F.col("ds").isin(plan.feature_days)), plan.feature_days,
                lambda d, t=table: layout.quarantine(t, d), f"quarantine/{table}")
     for ds in plan.feature_days:
         tables = {t: (None if ds in plan.missing.get(t, []) else r.counts[ds].as_dict())
