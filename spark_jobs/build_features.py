@@ -120,6 +120,10 @@ def _validate_table(spark, layout, spec, table: str, plan):
     files = ingest.collect_files(layout, spec, table, plan.read_days[table])
     raw = ingest.read_raw(spark, spec, table, files)
     result = ingest.validate(raw, spec, table, plan.feature_days, ingest.ordered_files(files))
+    for ds, extra in ingest.extra_columns(spec, table, files).items():
+        LOG.warning("%s ds=%s: ignoring column(s) the spec does not use: %s", table, ds, extra)
+        if ds in result.counts:
+            result.counts[ds].extra_columns = extra
     for ds, day in sorted(result.counts.items()):
         state = "missing" if ds not in files else ("empty" if day.rows_in == 0 else "ok")
         LOG.info("%s ds=%s: %s rows in=%d out=%d rejected=%d %s", table, ds, state, day.rows_in,

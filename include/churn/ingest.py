@@ -10,6 +10,7 @@ the rejected rows and per-day counts where `rows_in == rows_out + rows_rejected`
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -31,8 +32,15 @@ COPIES = "_copies"
 MALFORMED, NULL_ID, BAD_TIMESTAMP = "malformed_row", "null_id", "bad_timestamp"
 OUTSIDE_DAY, BAD_NUMBER, BAD_DATE = "outside_partition_day", "bad_number", "bad_date"
 NULL_TYPE, DUPLICATE_ROW, DUPLICATE_ID = "null_event_type", "duplicate_row", "duplicate_id"
-REASONS = (MALFORMED, NULL_ID, BAD_TIMESTAMP, OUTSIDE_DAY, BAD_NUMBER, BAD_DATE, NULL_TYPE,
-           DUPLICATE_ROW, DUPLICATE_ID)
+BAD_ENCODING, OUT_OF_RANGE = "bad_encoding", "out_of_range"
+CONFLICT = "conflicting_duplicate"
+REASONS = (MALFORMED, BAD_ENCODING, NULL_ID, BAD_TIMESTAMP, OUTSIDE_DAY, BAD_NUMBER, OUT_OF_RANGE,
+           BAD_DATE, NULL_TYPE, DUPLICATE_ROW, DUPLICATE_ID, CONFLICT)
+# Bounds of every numeric raw column (amounts, ages, charges): NaN, infinities, negatives and
+# absurd magnitudes such as 1e300 are quarantined as `out_of_range`.
+NUMBER_RANGE = (0.0, 1e12)
+# What a text reader puts where a byte is not UTF-8: such a row is quarantined, never repaired.
+REPLACEMENT_CHAR = "\ufffd"
 _TIMESTAMP_FORMATS = {"date": "yyyy-MM-dd", "yyyymmdd": "yyyyMMdd"}
 _EXTENSIONS = {"csv": ".csv", "jsonl": ".jsonl", "parquet": ".parquet"}
 
@@ -49,6 +57,14 @@ class MissingPartitionError(IngestError):
     """A raw day partition the job needs does not exist."""
 
 
+class CorruptFileError(IngestError):
+    """A raw file cannot be read at all (e.g. a truncated Parquet file)."""
+
+
+class FormatMismatchError(IngestError):
+    """A raw file's extension names another format than the spec declares for its table."""
+
+
 class RejectRateError(IngestError):
     """More rows of a day were rejected than the spec's `validation.max_reject_rate` allows."""
 
@@ -61,6 +77,7 @@ class DayCounts:
     rows_out: int = 0
     rows_rejected: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    extra_columns: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def reject_rate(self) -> float:
@@ -68,10 +85,13 @@ class DayCounts:
         return self.rows_rejected / self.rows_in if self.rows_in else 0.0
 
     def as_dict(self) -> dict:
-        """The JSON form written to the run fragment."""
-        return {"rows_in": self.rows_in, "rows_out": self.rows_out,
-                "rows_rejected": self.rows_rejected, "reasons": dict(sorted(self.reasons.items())),
-                "empty": self.rows_in == 0}
+        """The JSON form written to the run fragment (`extra_columns` only when there are any)."""
+        payload = {"rows_in": self.rows_in, "rows_out": self.rows_out,
+                   "rows_rejected": self.rows_rejected,
+                   "reasons": dict(sorted(self.reasons.items())), "empty": self.rows_in == 0}
+        if self.extra_columns:
+            payload["extra_columns"] = dict(sorted(self.extra_columns.items()))
+        return payload
 
 
 @dataclass
@@ -202,23 +222,54 @@ def list_data_files(partition_uri: str) -> list[str] | None:
     return sorted(f"{prefix}/{i.base_name}" for i in names)
 
 
+def describe_file(uri: str) -> str:
+    """`table T ds=D file URI` for a raw file path (what every ingest error message names)."""
+    found = re.search(r"([^/]+)/ds=([^/]+)/[^/]+$", uri)
+    return f"table {found[1]} ds={found[2]} file {uri}" if found else f"file {uri}"
+
+
 def file_columns(uri: str, fmt: str) -> list[str]:
-    """The column names a raw file declares: CSV header, first JSON line's keys, Parquet schema."""
+    """The column names a raw file declares: CSV header, first JSON object's keys, Parquet schema.
+
+    Raises:
+        CorruptFileError: a Parquet file without a readable footer, or a JSON Lines file whose
+            first 64 KiB hold no JSON object.
+    """
     fs, path = filesystem(uri)
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        with fs.open_input_file(path) as src:
-            return list(pq.read_schema(src).names)
+        return _parquet_columns(fs, path, uri)
     with fs.open_input_stream(path) as src:
-        first = src.read(1 << 16).decode("utf-8", errors="replace").splitlines()
-    if not first or not first[0].strip():
+        lines = src.read(1 << 16).decode("utf-8", errors="replace").splitlines()
+    if not lines or not lines[0].strip():
         return []
     if fmt == "jsonl":
-        return list(json.loads(first[0]).keys())
+        return _json_keys(lines, uri)
     import csv
 
-    return [c.strip() for c in next(csv.reader([first[0]]))]
+    return [c.strip() for c in next(csv.reader([lines[0]]))]
+
+
+def _parquet_columns(fs: pafs.FileSystem, path: str, uri: str) -> list[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        with fs.open_input_file(path) as src:
+            return list(pq.read_schema(src).names)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise CorruptFileError(f"{describe_file(uri)}: unreadable Parquet file ({exc})") from exc
+
+
+def _json_keys(lines: list[str], uri: str) -> list[str]:
+    """The keys of the first line that is a JSON object (malformed lines are rows to quarantine)."""
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            return list(record)
+    raise CorruptFileError(f"{describe_file(uri)}: no JSON object line in its first 64 KiB")
 
 
 def check_columns(uri: str, fmt: str, required: Iterable[str]) -> list[str]:
@@ -232,9 +283,41 @@ def check_columns(uri: str, fmt: str, required: Iterable[str]) -> list[str]:
         return present
     missing = [c for c in required if c not in present]
     if missing:
-        raise MissingColumnError(f"{uri}: required column(s) {', '.join(missing)} missing "
-                                 f"(file has: {', '.join(present)})")
+        raise MissingColumnError(f"{describe_file(uri)}: required column(s) {', '.join(missing)} "
+                                 f"missing (file has: {', '.join(present)})")
     return present
+
+
+def check_extension(uri: str, fmt: str) -> None:
+    """Refuse a raw file whose extension names another data format than the spec's.
+
+    Files without a known data extension are read as the spec's format.
+
+    Raises:
+        FormatMismatchError: naming the file and both formats.
+    """
+    suffixes = {f".{part}" for part in uri.rpartition("/")[2].lower().split(".")[1:]}
+    others = sorted(suffixes & {*_EXTENSIONS.values(), ".json"} - {_EXTENSIONS[fmt]})
+    if others and _EXTENSIONS[fmt] not in suffixes:
+        raise FormatMismatchError(f"{describe_file(uri)}: a {others[0]} file in a partition the "
+                                  f"spec declares as {fmt}")
+
+
+def extra_columns(spec: DatasetSpec, table: str,
+                  files: dict[str, list[str]]) -> dict[str, dict[str, list[str]]]:
+    """Columns of the files that the spec does not use (ignored, but recorded), per day and file.
+
+    Returns:
+        {day: {file name: [extra columns]}} for the files that have any.
+    """
+    fmt, wanted = table_format(spec, table), set(table_columns(spec, table))
+    found: dict[str, dict[str, list[str]]] = {}
+    for ds, uris in files.items():
+        for uri in uris:
+            extra = [c for c in file_columns(uri, fmt) if c not in wanted]
+            if extra:
+                found.setdefault(ds, {})[uri.rpartition("/")[2]] = extra
+    return found
 
 
 def collect_files(layout: Layout, spec: DatasetSpec, table: str,
@@ -270,6 +353,7 @@ def read_raw(spark: SparkSession, spec: DatasetSpec, table: str,
     fmt, cols = table_format(spec, table), table_columns(spec, table)
     groups: dict[tuple[str, ...], list[str]] = {}
     for uri in ordered_files(files):
+        check_extension(uri, fmt)
         header = check_columns(uri, fmt, cols)
         if header:
             groups.setdefault(tuple(header) if fmt == "csv" else (), []).append(uri)
@@ -356,6 +440,23 @@ def _bad_number(col: Column) -> Column:
     return (trimmed != "") & trimmed.try_cast("double").isNull()
 
 
+def _out_of_range(col: Column) -> Column:
+    """A number that parses but is NaN, infinite or outside `NUMBER_RANGE`."""
+    from pyspark.sql import functions as F
+
+    number = F.trim(col).try_cast("double")
+    low, high = NUMBER_RANGE
+    return number.isNotNull() & (F.isnan(number) | (number < low) | (number > high))
+
+
+def _bad_encoding(cols: Iterable[str]) -> Column:
+    """Any raw column holding the replacement character of a byte that was not UTF-8."""
+    from pyspark.sql import functions as F
+
+    hits = [F.coalesce(F.col(c).contains(REPLACEMENT_CHAR), F.lit(False)) for c in cols]
+    return F.greatest(*hits) if len(hits) > 1 else hits[0]
+
+
 def _blank(col: Column) -> Column:
     from pyspark.sql import functions as F
 
@@ -366,20 +467,24 @@ def reject_reason(spec: DatasetSpec, table: str) -> Column:
     """The first rule a raw row breaks, as a reason string (null for a valid row)."""
     from pyspark.sql import functions as F
 
-    rules = [(F.col(CORRUPT).isNotNull(), MALFORMED), (_blank(F.col(spec.id_column)), NULL_ID)]
+    rules = [(F.col(CORRUPT).isNotNull(), MALFORMED),
+             (_bad_encoding(table_columns(spec, table)), BAD_ENCODING),
+             (_blank(F.col(spec.id_column)), NULL_ID)]
     if table == "events":
         ev = spec.events
         ts = parse_timestamp(F.col(ev.timestamp), ev.timestamp_kind)
         rules += [(ts.isNull(), BAD_TIMESTAMP),
                   (F.date_format(ts, "yyyy-MM-dd") != F.col(DS), OUTSIDE_DAY)]
         if ev.value:
-            rules.append((_bad_number(F.col(ev.value)), BAD_NUMBER))
+            rules += [(_bad_number(F.col(ev.value)), BAD_NUMBER),
+                      (_out_of_range(F.col(ev.value)), OUT_OF_RANGE)]
         if ev.type:
             rules.append((_blank(F.col(ev.type)), NULL_TYPE))
     else:
         cu = spec.customers
         for name in cu.numeric:
-            rules.append((_bad_number(F.col(name)), BAD_NUMBER))
+            rules += [(_bad_number(F.col(name)), BAD_NUMBER),
+                      (_out_of_range(F.col(name)), OUT_OF_RANGE)]
         if cu.signup:
             signup = F.trim(F.col(cu.signup))
             rules.append(((signup != "") & signup.try_cast("date").isNull(), BAD_DATE))
@@ -390,18 +495,24 @@ def reject_reason(spec: DatasetSpec, table: str) -> Column:
 
 
 def tag_rows(raw: DataFrame, spec: DatasetSpec, table: str) -> DataFrame:
-    """Add the `reason` column; customers also get `duplicate_id` for an id with two rows a day."""
+    """Add the `reason` column, then tag the valid rows of a key that has two different versions:
+    a customer with two different snapshot rows a day (`duplicate_id`), an event of the same
+    customer and timestamp with different values (`conflicting_duplicate`). Every version is
+    quarantined: which one is right cannot be told."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     tagged = raw.withColumn(REASON, reject_reason(spec, table))
-    if table != "customers":
-        return tagged
+    keys, reason = [F.col(spec.id_column), F.col(DS)], DUPLICATE_ID
+    if table == "events":
+        ev = spec.events
+        keys.append(parse_timestamp(F.col(ev.timestamp), ev.timestamp_kind))
+        reason = CONFLICT
     cols = table_columns(spec, table)
     versions = F.size(F.collect_set(F.when(F.col(REASON).isNull(), F.struct(*cols))).over(
-        Window.partitionBy(F.col(spec.id_column), F.col(DS))))
+        Window.partitionBy(*keys)))
     return tagged.withColumn(REASON, F.when(F.col(REASON).isNull() & (versions > 1),
-                                            F.lit(DUPLICATE_ID)).otherwise(F.col(REASON)))
+                                            F.lit(reason)).otherwise(F.col(REASON)))
 
 
 def collapse(tagged: DataFrame, spec: DatasetSpec, table: str) -> DataFrame:

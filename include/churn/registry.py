@@ -83,6 +83,26 @@ def _check_model_bytes(model_bytes: bytes, uri: str) -> None:
         raise RegistryError(f"{uri}: not an XGBoost JSON/UBJ model (refusing to load it)")
 
 
+def _check_model_features(model_bytes: bytes, schema: FeatureSchema, uri: str) -> None:
+    """Load the booster (never unpickling) and check it was trained on the schema's features.
+
+    Raises:
+        RegistryError: the bytes are no loadable XGBoost model, or its feature names (count,
+            when it stores no names) differ from features.json.
+    """
+    try:
+        booster = load_booster(model_bytes)
+    except ValueError as exc:
+        raise RegistryError(f"{uri}: {exc}") from exc
+    names = list(booster.feature_names or [])
+    if names and names != list(schema.features):
+        raise RegistryError(f"{uri}: the model's features {names} do not match "
+                            f"{FEATURES_FILE} {list(schema.features)}")
+    if booster.num_features() != len(schema.features):
+        raise RegistryError(f"{uri}: the model has {booster.num_features()} features, "
+                            f"{FEATURES_FILE} lists {len(schema.features)}")
+
+
 def load_model_dir(uri: str) -> ModelArtifact:
     """Read one model version directory.
 
@@ -94,7 +114,8 @@ def load_model_dir(uri: str) -> ModelArtifact:
 
     Raises:
         RegistryError: the directory or one of its files is missing, the model file is not an
-            XGBoost model, or features.json / meta.json is unreadable.
+            XGBoost model, its features differ from features.json, or features.json /
+            meta.json is unreadable.
     """
     uri = uri.rstrip("/")
     if _file_type(uri) != pafs.FileType.Directory:
@@ -108,6 +129,7 @@ def load_model_dir(uri: str) -> ModelArtifact:
         schema = FeatureSchema.from_json(_read_bytes(f"{uri}/{FEATURES_FILE}").decode())
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise RegistryError(f"{uri}: bad or missing {FEATURES_FILE}: {exc}") from exc
+    _check_model_features(model_bytes, schema, model_uri)
     meta = _read_json_or_fail(f"{uri}/{META_FILE}")
     return ModelArtifact(uri.rpartition("/")[2], model_bytes, schema, meta)
 

@@ -69,10 +69,14 @@ def matured_days(root: str, spec: DatasetSpec, ds: str) -> list[str]:
 
 
 def training_window(root: str, spec: DatasetSpec, ds: str, train_days: int) -> TrainingWindow:
-    """The `train_days` days ending at the newest matured day ≤ ds, split in time.
+    """The labelled days to train and validate on for a run on ds, split in time.
 
-    The newest fifth of the days (at least one) validates, the older days train. With a single
-    labelled day the holdout is a random stratified split of that day.
+    The newest matured day(s) validate (a fifth of `train_days`, at least one). Training days end
+    a label horizon before the first validation day: a training row's label looks `horizon` days
+    ahead, and a customer's rows on neighbouring days are near-identical, so overlapping windows
+    would let the model read the validation labels off its training rows. When the history is too
+    short for that gap, the holdout is a stratified random split of the window that keeps each
+    customer on one side (with one labelled day, a plain stratified 20%).
 
     Raises:
         ValueError: no matured labelled day exists up to ds.
@@ -81,12 +85,14 @@ def training_window(root: str, spec: DatasetSpec, ds: str, train_days: int) -> T
     if not available:
         raise ValueError(f"no day ≤ {shift_ds(ds, -spec.label.horizon_days)} has both features "
                          f"and labels under {root}")
+    validation = available[-max(1, train_days // 5):]
+    cutoff = shift_ds(validation[0], -max(spec.label.horizon_days, 1))
+    train = [d for d in available if d <= cutoff][-train_days:]
+    if train:
+        return TrainingWindow(tuple(train), tuple(validation), "time")
     span = set(ds_range(shift_ds(available[-1], -(train_days - 1)), available[-1]))
-    days = [d for d in available if d in span]
-    if len(days) == 1:
-        return TrainingWindow(tuple(days), tuple(days), "random")
-    n_valid = max(1, len(days) // 5)
-    return TrainingWindow(tuple(days[:-n_valid]), tuple(days[-n_valid:]), "time")
+    days = tuple(d for d in available if d in span)
+    return TrainingWindow(days, days, "random")
 
 
 def join_labels(features: pd.DataFrame, labels: pd.DataFrame, id_column: str) -> pd.DataFrame:
@@ -125,23 +131,27 @@ def read_labelled_frame_ray(root: str, spec: DatasetSpec, days: tuple[str, ...])
     return join_labels(features.to_pandas(), labels.to_pandas(), spec.id_column)
 
 
-def split_frame(frame: pd.DataFrame, window: TrainingWindow,
-                seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train and validation frames: by day for a time window, stratified random otherwise."""
+def split_frame(frame: pd.DataFrame, window: TrainingWindow, seed: int,
+                id_column: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and validation frames: by day for a time window, else stratified and grouped by
+    customer."""
     if window.holdout == "time":
         is_valid = frame["ds"].isin(window.validation_days)
         return frame[~is_valid].reset_index(drop=True), frame[is_valid].reset_index(drop=True)
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import StratifiedGroupKFold
 
-    train, valid = train_test_split(frame, test_size=HOLDOUT_FRACTION, random_state=seed,
-                                    stratify=frame[LABEL_COLUMN])
-    return train.reset_index(drop=True), valid.reset_index(drop=True)
+    # One fold of five is the 20% holdout; grouping keeps each customer's days on one side.
+    folds = StratifiedGroupKFold(n_splits=round(1 / HOLDOUT_FRACTION), shuffle=True,
+                                 random_state=seed)
+    train_rows, valid_rows = next(folds.split(frame, frame[LABEL_COLUMN], frame[id_column]))
+    return (frame.iloc[train_rows].reset_index(drop=True),
+            frame.iloc[valid_rows].reset_index(drop=True))
 
 
 def load_split(root: str, spec: DatasetSpec, window: TrainingWindow, seed: int,
                reader: Callable = read_labelled_frame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read the window's labelled rows (pyarrow, or `read_labelled_frame_ray`) and split them."""
-    return split_frame(reader(root, spec, window.days), window, seed)
+    return split_frame(reader(root, spec, window.days), window, seed, spec.id_column)
 
 
 @dataclass(frozen=True)

@@ -28,19 +28,29 @@ def _split(root, spec, days: list[str], rows: int, seed: int = 0):
 
 
 class TestTrainingWindow:
-    def test_time_split_uses_newest_matured_days(self, tmp_path, spec):
+    def test_train_days_end_a_horizon_before_validation(self, tmp_path, spec):
         # Labels up to 2026-01-12 exist, but with a 30-day horizon only days <= 01-11 matured.
-        write_days(tmp_path, ds_range("2026-01-01", "2026-01-12"), rows=20)
+        write_days(tmp_path, ds_range("2025-11-01", "2026-01-12"), rows=5)
         window = training.training_window(str(tmp_path), spec, "2026-02-10", train_days=10)
         assert window.holdout == "time"
-        assert window.train_days == tuple(ds_range("2026-01-02", "2026-01-09"))
         assert window.validation_days == ("2026-01-10", "2026-01-11")
+        assert window.train_days == tuple(ds_range("2025-12-02", "2025-12-11"))
 
     def test_days_without_labels_or_features_are_skipped(self, tmp_path, spec):
-        write_days(tmp_path, ["2026-01-01", "2026-01-03"], rows=20)
-        write_days(tmp_path, ["2026-01-02"], rows=20, with_labels=False)
+        write_days(tmp_path, ["2025-11-20", "2025-12-01", "2026-01-03"], rows=5)
+        write_days(tmp_path, ["2025-11-30"], rows=5, with_labels=False)
+        window = training.training_window(str(tmp_path), spec, RUN_DS, train_days=5)
+        assert (window.train_days, window.validation_days) == (
+            ("2025-11-20", "2025-12-01"), ("2026-01-03",))
+
+    def test_short_history_holds_out_customers_not_days(self, tmp_path, spec):
+        write_days(tmp_path, ds_range("2026-01-01", "2026-01-03"), rows=100)
         window = training.training_window(str(tmp_path), spec, RUN_DS, train_days=14)
-        assert (window.train_days, window.validation_days) == (("2026-01-01",), ("2026-01-03",))
+        assert window.holdout == "random"
+        assert window.days == tuple(ds_range("2026-01-01", "2026-01-03"))
+        train, valid = training.load_split(str(tmp_path), spec, window, seed=1)
+        assert not set(train["customer_id"]) & set(valid["customer_id"])
+        assert len(valid) == pytest.approx(0.2 * 300, abs=15)
 
     def test_single_day_uses_random_holdout(self, tmp_path, spec):
         write_days(tmp_path, ["2026-01-05"], rows=20)
@@ -58,7 +68,7 @@ class TestSplitAndEncode:
     def test_random_holdout_is_stratified_and_seeded(self, tmp_path, spec):
         window, train, valid = _split(tmp_path, spec, ["2026-01-05"], rows=500, seed=4)
         frame = training.read_labelled_frame(str(tmp_path), spec, window.days)
-        again = training.split_frame(frame, window, seed=1)[1]
+        again = training.split_frame(frame, window, seed=1, id_column=spec.id_column)[1]
         assert (len(train), len(valid)) == (400, 100)
         assert valid["customer_id"].tolist() == again["customer_id"].tolist()
         assert valid["label"].mean() == pytest.approx(frame["label"].mean(), abs=0.01)
@@ -134,7 +144,8 @@ class TestFitBooster:
         refit = training.refit_booster(params, (train, valid), schema, 7, 1, settings)
         only_train = training.refit_booster(params, (train,), schema, 7, 1, settings)
         assert refit.num_boosted_rounds() == 7
-        # Trained on 400 rows rather than 200: the root's hessian cover doubles.
+        # Trained on train + validation rows: the root's hessian cover grows by that ratio.
         cover = [float(tree.split("cover=")[1].split()[0].rstrip(",")) for tree in
                  (refit.get_dump(with_stats=True)[0], only_train.get_dump(with_stats=True)[0])]
-        assert cover[0] == pytest.approx(2 * cover[1], rel=0.2)
+        ratio = (len(train) + len(valid)) / len(train)
+        assert cover[0] == pytest.approx(ratio * cover[1], rel=0.1)

@@ -48,7 +48,9 @@ class TestLoadModelDir:
         assert artifact.schema.features == ("events_30d", "monthly_charges", "tenure_days",
                                             "plan", "region")
         assert artifact.schema.categorical["plan"] == ("basic", "plus", "pro")
-        assert artifact.meta["window"]["validation_days"] == ["2026-01-05"]
+        # Five January days are too short a history for a horizon gap: customers are held out.
+        assert artifact.meta["window"]["validation_days"] == DAYS
+        assert artifact.meta["window"]["holdout"] == "random"
         assert artifact.meta["created_at"] == RUN_DS
 
     def test_version_dir_holds_every_contract_file(self, root, spec):

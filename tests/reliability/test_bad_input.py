@@ -1,0 +1,358 @@
+"""Bad input matrix, end to end through the real build_features job on tiny generated data.
+
+Each case hand-edits one raw partition of a clean generated data set (50 customers, 4 days,
+short windows) and runs `spark_jobs.build_features.run` for DAY with the shared `spark`. Every
+case ends in exactly one of:
+
+* quarantined: the bad rows are in `quarantine/<table>/ds=DAY` with their reason and file, the
+  counts add up (`rows_in == rows_out + rows_rejected`) in the summary and in `ingest.json`;
+* a failure (`IngestError`) whose message names the table, the day, the file and the column
+  (as far as the fault has one), with no features partition written for DAY.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from churn import ingest
+from churn.generate import generate
+from churn.spec import dump_spec, load_spec
+from churn.storage import Layout, read_json
+from spark_jobs.build_features import JobArgs, run
+
+REPO = Path(__file__).resolve().parents[2]
+E2E_SPEC = REPO / "tests" / "e2e" / "churn_e2e.yaml"
+START, DAYS, DAY = "2024-01-01", 4, "2024-01-03"
+NEXT_DAY, PREVIOUS_DAY = "2024-01-04", "2024-01-02"
+LENIENT = 0.5  # reject-rate limit of the quarantine cases (the spec's own is 1%)
+
+
+def write_spec(folder: Path, name: str, events: dict | None = None,
+               customers: dict | None = None) -> str:
+    """The e2e spec with windows (2, 3) and a 2-day horizon, plus updates; returns its path."""
+    spec = load_spec(E2E_SPEC)
+    spec = spec.model_copy(update={
+        "events": spec.events.model_copy(update={"windows_days": (2, 3), **(events or {})}),
+        "customers": spec.customers.model_copy(update=customers or {}),
+        "label": spec.label.model_copy(update={"horizon_days": 2})})
+    path = folder / f"{name}.yaml"
+    path.write_text(dump_spec(spec))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def specs(tmp_path_factory) -> dict[str, str]:
+    """Spec files: `csv` (the base), `parquet` (events as Parquet), `extra_col` (names a column
+    the data lacks)."""
+    folder = tmp_path_factory.mktemp("specs")
+    return {"csv": write_spec(folder, "csv"),
+            "parquet": write_spec(folder, "parquet", events={"format": "parquet"}),
+            "extra_col": write_spec(folder, "extra_col",
+                                    customers={"numeric": ("age", "monthly_charges", "tenure")})}
+
+
+@pytest.fixture(scope="module")
+def base_roots(tmp_path_factory, specs) -> dict[str, Path]:
+    """Clean generated data sets, one per raw format (copied by each test, never edited)."""
+    roots = {}
+    for fmt in ("csv", "parquet"):
+        root = tmp_path_factory.mktemp(f"base_{fmt}")
+        generate(str(root), customers=50, start=START, days=DAYS, seed=21, spec=specs[fmt])
+        roots[fmt] = root
+    return roots
+
+
+@pytest.fixture()
+def root(tmp_path, base_roots) -> Path:
+    """A private copy of the clean CSV data set."""
+    shutil.copytree(base_roots["csv"], tmp_path / "data")
+    return tmp_path / "data"
+
+
+def raw_file(root: Path, table: str, ds: str = DAY) -> Path:
+    """The one generated data file of a raw partition."""
+    (found,) = sorted(Path(Layout(str(root)).raw(table, ds)).iterdir())
+    return found
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    frame.to_csv(path, index=False)
+
+
+def edit_csv(path: Path, change: Callable[[pd.DataFrame], pd.DataFrame]) -> pd.DataFrame:
+    """Rewrite a raw CSV file through `change`; returns the frame as it was before."""
+    before = read_csv(path)
+    write_csv(change(before.copy()), path)
+    return before
+
+
+def append_bytes(path: Path, *lines: bytes) -> None:
+    with path.open("ab") as out:
+        out.write(b"".join(line + b"\n" for line in lines))
+
+
+def csv_line(values: list[str]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(values)
+    return buffer.getvalue().encode()
+
+
+def build(spark, root: Path, spec: str, max_reject_rate: float | None = LENIENT,
+          **kw) -> dict:
+    return run(spark, JobArgs(root=str(root), spec=spec, start=DAY, end=DAY,
+                              max_reject_rate=max_reject_rate, **kw))
+
+
+def quarantine(root: Path, table: str) -> pd.DataFrame:
+    return pd.read_parquet(Layout(str(root)).quarantine(table, DAY))
+
+
+def assert_quarantined(summary: dict, root: Path, table: str, reasons: dict[str, int],
+                       rows_in: int) -> dict:
+    """The day's counts add up, in the summary and in ingest.json, and the quarantine partition
+    holds exactly the rejected rows with their reason and file. Returns the day's counts."""
+    counts = summary["counts"][table][DAY]
+    assert counts["reasons"] == reasons
+    assert counts["rows_in"] == rows_in
+    assert counts["rows_rejected"] == sum(reasons.values())
+    assert counts["rows_in"] == counts["rows_out"] + counts["rows_rejected"]
+    fragment = read_json(Layout(str(root)).run_fragment(DAY, "ingest"))
+    assert fragment["tables"][table] == counts
+    if reasons:
+        rejected = quarantine(root, table)
+    else:
+        rejected = pd.DataFrame({"reason": [], "source_file": []}, dtype=str)
+    assert rejected["reason"].value_counts().to_dict() == reasons
+    assert set(rejected["source_file"]) <= {str(raw_file(root, table))}
+    assert rejected["source_file"].notna().all()
+    assert Path(Layout(str(root)).features(DAY)).is_dir()
+    return counts
+
+
+def assert_failed(error: Exception, root: Path, *names: str) -> str:
+    """The failure names every given string (table, day, file, column) and wrote no features."""
+    message = str(error)
+    missing = [name for name in names if name not in message]
+    assert missing == [], f"{message!r} lacks {missing}"
+    assert not Path(Layout(str(root)).features(DAY)).exists()
+    return message
+
+
+def data_rows(path: Path) -> int:
+    return len(read_csv(path))
+
+
+class TestRowFaults:
+    def test_malformed_csv_lines(self, spark, root, specs, reliability_case):
+        path = raw_file(root, "events")
+        before = data_rows(path)
+        append_bytes(path, b"c1,2024-01-03 10:00:00,login,1,EXTRA",  # one field too many
+                     b"c2,2024-01-03 10:00:00",  # too few fields
+                     b'c3,2024-01-03 10:00:00,"login,3')  # unclosed quote
+        counts = assert_quarantined(build(spark, root, specs["csv"]), root, "events",
+                                    {"malformed_row": 3}, before + 3)
+        assert set(quarantine(root, "events")["raw_record"].str[:2]) == {"c1", "c2", "c3"}
+        reliability_case("3 malformed CSV lines (extra field, missing fields, open quote)",
+                         "quarantined as malformed_row with the raw line",
+                         "reasons, raw_record, source_file, in == out + rejected", counts)
+
+    def test_wrong_types(self, spark, root, specs, reliability_case):
+        events, customers = raw_file(root, "events"), raw_file(root, "customers")
+        edit_csv(events, lambda f: f.assign(
+            amount=["abc", *f["amount"][1:]], event_ts=[*f["event_ts"][:-1], "not-a-time"]))
+        edit_csv(customers, lambda f: f.assign(
+            age=["old", *f["age"][1:]], signup_date=[*f["signup_date"][:-1], "yesterday"]))
+        summary = build(spark, root, specs["csv"])
+        ev = assert_quarantined(summary, root, "events", {"bad_number": 1, "bad_timestamp": 1},
+                                data_rows(events))
+        cu = assert_quarantined(summary, root, "customers", {"bad_number": 1, "bad_date": 1},
+                                data_rows(customers))
+        reliability_case("events: text amount, bad timestamp", "quarantined as bad_number, "
+                         "bad_timestamp", "reasons and counts per reason", ev)
+        reliability_case("customers: text age, bad signup date",
+                         "quarantined as bad_number, bad_date", "reasons and counts", cu)
+
+    def test_null_and_empty_ids(self, spark, root, specs, reliability_case):
+        path = raw_file(root, "events")
+        edit_csv(path, lambda f: f.assign(customer_id=["", "   ", *f["customer_id"][2:]]))
+        append_bytes(path, b",2024-01-03 11:00:00,login,")
+        counts = assert_quarantined(build(spark, root, specs["csv"]), root, "events",
+                                    {"null_id": 3}, data_rows(path))
+        reliability_case("events: empty, blank and missing customer ids (3 rows)",
+                         "quarantined as null_id", "reasons, counts", counts)
+
+    def test_exact_duplicates(self, spark, root, specs, reliability_case):
+        path = raw_file(root, "events")
+        frame = read_csv(path)
+        append_bytes(path, csv_line(list(frame.iloc[0])), csv_line(list(frame.iloc[5])))
+        counts = assert_quarantined(build(spark, root, specs["csv"]), root, "events",
+                                    {"duplicate_row": 2}, len(frame) + 2)
+        assert counts["rows_out"] == len(frame)
+        reliability_case("events: 2 rows repeated exactly", "one copy kept, the repeat "
+                         "quarantined as duplicate_row", "rows_out == clean rows", counts)
+
+    def test_conflicting_duplicates(self, spark, root, specs, reliability_case):
+        events, customers = raw_file(root, "events"), raw_file(root, "customers")
+        frame = read_csv(events)
+        changed = frame[frame["amount"] != ""].iloc[0].copy()
+        original = changed["amount"]
+        changed["amount"] = "999.5"
+        append_bytes(events, csv_line(list(changed)))
+        snapshot = read_csv(customers)
+        other_plan = snapshot.iloc[0].copy()
+        other_plan["plan"] = "enterprise"
+        append_bytes(customers, csv_line(list(other_plan)))
+        summary = build(spark, root, specs["csv"])
+        ev = assert_quarantined(summary, root, "events", {"conflicting_duplicate": 2},
+                                len(frame) + 1)
+        cu = assert_quarantined(summary, root, "customers", {"duplicate_id": 2},
+                                len(snapshot) + 1)
+        assert set(quarantine(root, "events")["amount"]) == {original, "999.5"}
+        reliability_case("events: same customer and timestamp, another amount",
+                         "both versions quarantined as conflicting_duplicate",
+                         "both rows in quarantine", ev)
+        reliability_case("customers: same id twice in a day's snapshot, another plan",
+                         "both versions quarantined as duplicate_id", "counts", cu)
+
+    def test_timestamps_outside_the_day(self, spark, root, specs, reliability_case):
+        path = raw_file(root, "events")
+        edit_csv(path, lambda f: f.assign(event_ts=[f"{NEXT_DAY} 01:00:00",
+                                                    f"{PREVIOUS_DAY} 23:59:59",
+                                                    *f["event_ts"][2:]]))
+        counts = assert_quarantined(build(spark, root, specs["csv"]), root, "events",
+                                    {"outside_partition_day": 2}, data_rows(path))
+        reliability_case("events: a next-day and a previous-day timestamp in ds=DAY",
+                         "quarantined as outside_partition_day", "reasons, counts", counts)
+
+    def test_non_utf8_bytes(self, spark, root, specs, reliability_case):
+        path = raw_file(root, "events")
+        before = data_rows(path)
+        append_bytes(path, b"0000\xe91,2024-01-03 10:00:00,login,",
+                     b"000002,2024-01-03 10:00:00,log\xffin,")
+        counts = assert_quarantined(build(spark, root, specs["csv"]), root, "events",
+                                    {"bad_encoding": 2}, before + 2)
+        reliability_case("events: Latin-1 byte in an id, 0xFF in an event type",
+                         "quarantined as bad_encoding (never repaired to U+FFFD)",
+                         "reasons, counts", counts)
+
+    def test_absurd_numbers(self, spark, root, specs, reliability_case):
+        events, customers = raw_file(root, "events"), raw_file(root, "customers")
+        absurd = ["-5", "1e300", "NaN", "Infinity"]
+        edit_csv(events, lambda f: f.assign(amount=[*absurd, *f["amount"][4:]]))
+        edit_csv(customers, lambda f: f.assign(monthly_charges=["-1", *f["monthly_charges"][1:]]))
+        summary = build(spark, root, specs["csv"])
+        ev = assert_quarantined(summary, root, "events", {"out_of_range": 4}, data_rows(events))
+        cu = assert_quarantined(summary, root, "customers", {"out_of_range": 1},
+                                data_rows(customers))
+        assert sorted(quarantine(root, "events")["amount"]) == sorted(absurd)
+        reliability_case("events: amounts -5, 1e300, NaN, Infinity",
+                         f"quarantined as out_of_range (bounds {ingest.NUMBER_RANGE})",
+                         "reasons, the 4 raw values", ev)
+        reliability_case("customers: monthly_charges -1", "quarantined as out_of_range",
+                         "reasons, counts", cu)
+
+    def test_unknown_extra_column_is_ignored_and_recorded(self, spark, root, specs,
+                                                          reliability_case):
+        path = raw_file(root, "events")
+        edit_csv(path, lambda f: f.assign(coupon_code="X1"))
+        counts = assert_quarantined(build(spark, root, specs["csv"]), root, "events", {},
+                                    data_rows(path))
+        assert counts["extra_columns"] == {path.name: ["coupon_code"]}
+        features = pd.read_parquet(Layout(str(root)).features(DAY))
+        assert "coupon_code" not in features.columns and len(features) > 0
+        reliability_case("events: an extra column coupon_code", "column ignored, recorded as "
+                         "extra_columns in ingest.json; every row kept",
+                         "extra_columns, rows_rejected == 0", counts)
+
+
+class TestDayFaults:
+    def test_empty_day(self, spark, root, specs, reliability_case):
+        path = raw_file(root, "events")
+        write_csv(read_csv(path).head(0), path)
+        summary = build(spark, root, specs["csv"])
+        counts = assert_quarantined(summary, root, "events", {}, 0)
+        assert counts["empty"] is True
+        reliability_case("events: DAY delivered with a header only", "recorded as empty "
+                         "(rows_in 0, empty: true); features still built", "counts", counts)
+
+    def test_missing_day(self, spark, root, specs, reliability_case):
+        shutil.rmtree(raw_file(root, "events", PREVIOUS_DAY).parent)
+        with pytest.raises(ingest.MissingPartitionError) as failure:
+            build(spark, root, specs["csv"])
+        message = assert_failed(failure.value, root, "raw/events", PREVIOUS_DAY)
+        summary = build(spark, root, specs["csv"], allow_missing=True)
+        fragment = read_json(Layout(str(root)).run_fragment(DAY, "ingest"))
+        assert fragment["tables"]["events"]["rows_in"] == summary["counts"]["events"][DAY][
+            "rows_in"] > 0
+        reliability_case(f"events: lookback day {PREVIOUS_DAY} missing",
+                         f"failed: {message}; with --allow-missing treated as empty",
+                         "message names table and day; nothing written", None)
+
+    def test_two_formats_in_one_partition(self, spark, root, specs, reliability_case):
+        path = raw_file(root, "events")
+        stray = path.with_name("part-00001.jsonl")
+        stray.write_text(read_csv(path).head(3).to_json(orient="records", lines=True))
+        with pytest.raises(ingest.FormatMismatchError) as failure:
+            build(spark, root, specs["csv"])
+        message = assert_failed(failure.value, root, "table events", f"ds={DAY}", str(stray))
+        reliability_case("events: a .jsonl file next to the .csv file of DAY",
+                         f"failed: {message}", "message names table, day, file", None)
+
+    def test_truncated_parquet(self, spark, tmp_path, base_roots, specs, reliability_case):
+        root = tmp_path / "data"
+        shutil.copytree(base_roots["parquet"], root)
+        path = raw_file(root, "events")
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        with pytest.raises(ingest.CorruptFileError) as failure:
+            build(spark, root, specs["parquet"])
+        message = assert_failed(failure.value, root, "table events", f"ds={DAY}", str(path))
+        reliability_case("events (Parquet): DAY's file cut in half",
+                         f"failed: {message}", "message names table, day, file", None)
+
+
+class TestSchemaFaults:
+    def test_missing_required_column(self, spark, root, specs, reliability_case):
+        path = raw_file(root, "events")
+        edit_csv(path, lambda f: f.drop(columns=["amount"]))
+        with pytest.raises(ingest.MissingColumnError) as failure:
+            build(spark, root, specs["csv"])
+        message = assert_failed(failure.value, root, "table events", f"ds={DAY}", str(path),
+                                "amount")
+        reliability_case("events: DAY's file lacks the amount column", f"failed: {message}",
+                         "message names table, day, file, column", None)
+
+    def test_spec_names_a_column_the_data_lacks(self, spark, root, specs, reliability_case):
+        with pytest.raises(ingest.MissingColumnError) as failure:
+            build(spark, root, specs["extra_col"])
+        first = raw_file(root, "customers", START)  # the first file the job checks
+        message = assert_failed(failure.value, root, "table customers", f"ds={START}",
+                                str(first), "tenure")
+        reliability_case("spec: customers.numeric names `tenure`, which no file has",
+                         f"failed: {message}", "message names table, day, file, column", None)
+
+    def test_reject_rate_over_the_spec_limit_fails_after_quarantining(self, spark, root, specs,
+                                                                      reliability_case):
+        path = raw_file(root, "events")
+        edit_csv(path, lambda f: f.assign(amount=["abc"] * 5 + list(f["amount"][5:])))
+        with pytest.raises(ingest.RejectRateError) as failure:
+            build(spark, root, specs["csv"], max_reject_rate=None)
+        message = str(failure.value)
+        assert f"table events ds={DAY}: 5/{data_rows(path)} rows rejected" in message
+        assert "bad_number=5" in message
+        assert quarantine(root, "events")["reason"].tolist() == ["bad_number"] * 5
+        fragment = read_json(Layout(str(root)).run_fragment(DAY, "ingest"))
+        assert fragment["status"] == "failed"
+        reliability_case("events: 5 text amounts (over the spec's 1% reject limit)",
+                         f"quarantined, ingest.json status failed, then failed: {message}",
+                         "message names table, day, count, reason", fragment["tables"]["events"])
