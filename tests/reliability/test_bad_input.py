@@ -97,6 +97,11 @@ def edit_csv(path: Path, change: Callable[[pd.DataFrame], pd.DataFrame]) -> pd.D
     return before
 
 
+def overwrite_first(path: Path, column: str, values: list[str]) -> None:
+    """Put `values` into the first rows of one column of a raw CSV file."""
+    edit_csv(path, lambda f: f.assign(**{column: [*values, *f[column][len(values):]]}))
+
+
 def append_bytes(path: Path, *lines: bytes) -> None:
     with path.open("ab") as out:
         out.write(b"".join(line + b"\n" for line in lines))
@@ -169,10 +174,10 @@ class TestRowFaults:
 
     def test_wrong_types(self, spark, root, specs, reliability_case):
         events, customers = raw_file(root, "events"), raw_file(root, "customers")
-        edit_csv(events, lambda f: f.assign(
-            amount=["abc", *f["amount"][1:]], event_ts=[*f["event_ts"][:-1], "not-a-time"]))
-        edit_csv(customers, lambda f: f.assign(
-            age=["old", *f["age"][1:]], signup_date=[*f["signup_date"][:-1], "yesterday"]))
+        overwrite_first(events, "amount", ["abc", "3.0"])
+        overwrite_first(events, "event_ts", [f"{DAY} 00:00:01", "not-a-time"])
+        overwrite_first(customers, "age", ["old", "40"])
+        overwrite_first(customers, "signup_date", ["2020-01-01", "yesterday"])
         summary = build(spark, root, specs["csv"])
         ev = assert_quarantined(summary, root, "events", {"bad_number": 1, "bad_timestamp": 1},
                                 data_rows(events))
@@ -185,7 +190,7 @@ class TestRowFaults:
 
     def test_null_and_empty_ids(self, spark, root, specs, reliability_case):
         path = raw_file(root, "events")
-        edit_csv(path, lambda f: f.assign(customer_id=["", "   ", *f["customer_id"][2:]]))
+        overwrite_first(path, "customer_id", ["", "   "])
         append_bytes(path, b",2024-01-03 11:00:00,login,")
         counts = assert_quarantined(build(spark, root, specs["csv"]), root, "events",
                                     {"null_id": 3}, data_rows(path))
@@ -227,9 +232,7 @@ class TestRowFaults:
 
     def test_timestamps_outside_the_day(self, spark, root, specs, reliability_case):
         path = raw_file(root, "events")
-        edit_csv(path, lambda f: f.assign(event_ts=[f"{NEXT_DAY} 01:00:00",
-                                                    f"{PREVIOUS_DAY} 23:59:59",
-                                                    *f["event_ts"][2:]]))
+        overwrite_first(path, "event_ts", [f"{NEXT_DAY} 01:00:00", f"{PREVIOUS_DAY} 23:59:59"])
         counts = assert_quarantined(build(spark, root, specs["csv"]), root, "events",
                                     {"outside_partition_day": 2}, data_rows(path))
         reliability_case("events: a next-day and a previous-day timestamp in ds=DAY",
@@ -249,8 +252,8 @@ class TestRowFaults:
     def test_absurd_numbers(self, spark, root, specs, reliability_case):
         events, customers = raw_file(root, "events"), raw_file(root, "customers")
         absurd = ["-5", "1e300", "NaN", "Infinity"]
-        edit_csv(events, lambda f: f.assign(amount=[*absurd, *f["amount"][4:]]))
-        edit_csv(customers, lambda f: f.assign(monthly_charges=["-1", *f["monthly_charges"][1:]]))
+        overwrite_first(events, "amount", absurd)
+        overwrite_first(customers, "monthly_charges", ["-1"])
         summary = build(spark, root, specs["csv"])
         ev = assert_quarantined(summary, root, "events", {"out_of_range": 4}, data_rows(events))
         cu = assert_quarantined(summary, root, "customers", {"out_of_range": 1},
@@ -344,7 +347,7 @@ class TestSchemaFaults:
     def test_reject_rate_over_the_spec_limit_fails_after_quarantining(self, spark, root, specs,
                                                                       reliability_case):
         path = raw_file(root, "events")
-        edit_csv(path, lambda f: f.assign(amount=["abc"] * 5 + list(f["amount"][5:])))
+        overwrite_first(path, "amount", ["abc"] * 5)
         with pytest.raises(ingest.RejectRateError) as failure:
             build(spark, root, specs["csv"], max_reject_rate=None)
         message = str(failure.value)
