@@ -226,4 +226,5 @@ class TestConcurrentPromotion:
         assert not (Path(Layout(str(root)).models(MODEL)) / "champion.lock").exists()
         reliability_case("two `churn.registry gate` processes released together on one champion",
                          f"both promoted, in order {history[1:]}, the second decided against "
-                         "the first (compare-and-swap under the lock)", "exit codes, CAS chain, 2 decisions, no lock")
+                         "the first (compare-and-swap under the lock)",
+                         "exit codes, CAS chain, 2 decisions, no lock")

@@ -31,9 +31,9 @@ def settings(**overrides) -> RayConnSettings:
 
 class TestConnSettings:
     def test_password_becomes_bearer_header(self):
-        got = settings(password="s3cret-token")
+        got = settings(password="test-token")
         assert got == RayConnSettings("http://127.0.0.1:8265",
-                                      {"Authorization": "Bearer s3cret-token"}, True)
+                                      {"Authorization": "Bearer test-token"}, True)
 
     def test_token_file_is_the_fallback(self, tmp_path):
         token_file = tmp_path / "auth_token"
