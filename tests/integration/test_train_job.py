@@ -26,6 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN_JOB = REPO_ROOT / "ray_jobs" / "train.py"
 RUN_DS = "2026-02-10"
 DAYS = ds_range("2026-01-01", "2026-01-05")
+# Training days must end a label horizon (30) before the validation day.
+DAYS_WITH_GAP = [*ds_range("2025-12-02", "2025-12-05"), "2026-01-05"]
 
 pytestmark = pytest.mark.training
 
@@ -53,12 +55,14 @@ class TestTrainJob:
     def test_single_worker_search_writes_a_version_and_passes_the_gate(self, ray_head, tmp_path,
                                                                        spec_path):
         spec = load_spec(spec_path)
-        write_days(tmp_path, DAYS, rows=400, seed=21)
-        printed, written = _run_job(ray_head, tmp_path, spec_path, "--trials", "4")
+        write_days(tmp_path, DAYS_WITH_GAP, rows=400, seed=21)
+        printed, written = _run_job(ray_head, tmp_path, spec_path, "--trials", "4",
+                                    "--train-days", "5")
         assert printed == written
         version = printed["version"]
         assert version.startswith("v20260210-")
         assert printed["window"]["validation_days"] == ["2026-01-05"]
+        assert printed["window"]["train_days"] == ds_range("2025-12-02", "2025-12-05")
         assert printed["metrics"]["holdout"] == "time" and printed["metrics"]["rows"] == 400
         assert set(printed["params"]) >= {"max_depth", "eta", "min_child_weight", "subsample",
                                           "colsample_bytree", "lambda", "num_boost_round"}
