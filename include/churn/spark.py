@@ -62,12 +62,14 @@ def session_conf(master: str | None, arrow_batch_size: int | None) -> dict[str, 
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
-        "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
-        "spark.hadoop.fs.s3a.aws.credentials.provider": _CREDENTIALS_PROVIDER,
     }
     if local:
         conf["spark.driver.host"] = os.environ.get("SPARK_LOCAL_IP", "127.0.0.1")
         conf["spark.ui.enabled"] = "false"
+        # Local Spark has no `s3://` handler: route it to S3A with the default AWS credential
+        # chain. A cluster (EMR) keeps its own handler for `s3://` (EMRFS, instance role).
+        conf["spark.hadoop.fs.s3.impl"] = "org.apache.hadoop.fs.s3a.S3AFileSystem"
+        conf["spark.hadoop.fs.s3a.aws.credentials.provider"] = _CREDENTIALS_PROVIDER
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         conf["spark.hadoop.fs.s3a.endpoint"] = endpoint
