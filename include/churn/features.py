@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from churn.spec import DatasetSpec
+from churn.storage import day_number as ds_day_number
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -56,10 +57,7 @@ def day_string(col: Column) -> Column:
 
 def day_numbers(days: Iterable[str]) -> list[int]:
     """Day numbers of `YYYY-MM-DD` strings (same numbering as `day_number`)."""
-    import datetime as dt
-
-    epoch = dt.date.fromisoformat(EPOCH)
-    return sorted((dt.date.fromisoformat(d) - epoch).days for d in days)
+    return sorted(ds_day_number(d) for d in days)
 
 
 def event_types(spec: DatasetSpec, events: DataFrame | None = None) -> list[str]:

@@ -24,7 +24,6 @@ gives byte-identical files.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +39,11 @@ from churn import generate_model as gm
 from churn.generate_faults import (EventColumns, FaultRecord, check_faults, check_fit, inject,
                                   parse_faults)
 from churn.spec import DatasetSpec, load_spec
-from churn.storage import Layout, atomic_partition, ds_range, shift_ds, validate_ds
+from churn.storage import Layout, atomic_partition, day_number, ds_range, shift_ds, validate_ds
 from churn.storage import filesystem, write_json_atomic
 
 DEFAULT_SPEC = Path(__file__).resolve().parents[1] / "datasets" / "synthetic.yaml"
 PART_FILE = "part-00000"
-_EPOCH = dt.date(1970, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -112,7 +110,7 @@ def generate(root: str, customers: int, start: str, days: int, seed: int,
     _check_spec(spec)
     all_days = ds_range(start, shift_ds(start, days - 1)) if days > 0 else []
     names = _Names(spec, max(6, len(str(customers * 10))),
-                   (dt.date.fromisoformat(start) - _EPOCH).days)
+                   day_number(start))
     run = _Run(Layout(root), names, seed, check_faults(faults),
                _fault_day(faults, fault_day, all_days))
     check_fit(run.kinds, names.event_columns, spec.events.format)
@@ -215,7 +213,7 @@ def _timestamps(ds: str, seconds: np.ndarray, kind: str) -> pa.Array:
         return pa.array(np.full(seconds.shape[0], ds, dtype=object), pa.string())
     if kind == "yyyymmdd":
         return pa.array(np.full(seconds.shape[0], ds.replace("-", ""), dtype=object), pa.string())
-    day_start = (dt.date.fromisoformat(ds) - _EPOCH).days * 86_400
+    day_start = day_number(ds) * 86_400
     return pa.array(seconds + day_start, pa.int64()).cast(pa.timestamp("s")).cast(pa.string())
 
 

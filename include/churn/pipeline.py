@@ -10,7 +10,6 @@ imports this module; pyarrow-backed helpers (`churn.storage`, `churn.registry`) 
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import subprocess
@@ -22,7 +21,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-CADENCE_EPOCH = dt.date(1970, 1, 1)
 LIBRARIES = ("churn", "apache-airflow", "apache-airflow-providers-apache-spark",
              "apache-airflow-providers-amazon", "pyspark", "ray", "xgboost-cpu", "pandas",
              "pyarrow", "scikit-learn")
@@ -86,14 +84,16 @@ def is_cadence_day(ds: str, every_days: int) -> bool:
     """
     if every_days < 1:
         raise ValueError(f"train every N days needs N >= 1, got {every_days}")
-    return (dt.date.fromisoformat(ds) - CADENCE_EPOCH).days % every_days == 0
+    from churn.storage import day_number
+
+    return day_number(ds) % every_days == 0
 
 
 def next_cadence_day(ds: str, every_days: int) -> str:
     """The first scheduled training day strictly after ds."""
-    day = dt.date.fromisoformat(ds)
-    offset = every_days - (day - CADENCE_EPOCH).days % every_days
-    return (day + dt.timedelta(days=offset)).isoformat()
+    from churn.storage import day_number, shift_ds
+
+    return shift_ds(ds, every_days - day_number(ds) % every_days)
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,11 @@ def ds_range(start: str, end: str) -> list[str]:
     return [(first + dt.timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
 
 
+def day_number(ds: str) -> int:
+    """Days since 1970-01-01: the one day numbering of the pipeline (features, cadence, generator)."""
+    return (dt.date.fromisoformat(validate_ds(ds)) - dt.date(1970, 1, 1)).days
+
+
 def shift_ds(ds: str, days: int) -> str:
     """The day `days` after ds (negative for before)."""
     return (dt.date.fromisoformat(validate_ds(ds)) + dt.timedelta(days=days)).isoformat()

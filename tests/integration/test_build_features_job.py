@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +18,7 @@ import pytest
 
 from churn import ingest
 from churn.generate import generate
+from churn.packaging import build_package_zip
 from churn.spec import dump_spec, load_spec
 from churn.storage import Layout, ds_range, read_json, shift_ds
 from spark_jobs.build_features import JobArgs, run
@@ -159,15 +159,6 @@ class TestFaults:
         assert len(partition(root, "features", FAULT_DAY)) == 0
 
 
-def churn_zip(target: Path) -> Path:
-    """The churn package as a zip for `--py-files` (what the EMR step ships too)."""
-    package = REPO / "include" / "churn"
-    with zipfile.ZipFile(target, "w") as archive:
-        for source in package.rglob("*.py"):
-            archive.write(source, source.relative_to(package.parent))
-    return target
-
-
 class TestSparkSubmit:
     def test_spark_submit_builds_one_day(self, clean_root, small_spec, tmp_path):
         root, day = str(tmp_path / "submit"), "2024-01-12"
@@ -177,7 +168,7 @@ class TestSparkSubmit:
         spark_submit = Path(sys.executable).parent / "spark-submit"
         done = subprocess.run(
             [str(spark_submit), "--master", "local[2]", "--py-files",
-             str(churn_zip(tmp_path / "churn.zip")), str(REPO / "spark_jobs" / "build_features.py"),
+             str(build_package_zip(tmp_path)), str(REPO / "spark_jobs" / "build_features.py"),
              "--root", root, "--spec", small_spec, "--ds", day],
             env=env, capture_output=True, text=True, timeout=300, check=False)
         assert done.returncode == 0, done.stderr[-3000:]
