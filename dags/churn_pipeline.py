@@ -58,6 +58,7 @@ ROOT = setting("churn_data_root", "CHURN_DATA_ROOT", str(REPO_ROOT / "data"))
 SPEC = "{{ churn_spec(params.dataset_spec) }}"
 EVERY_DAYS = setting("churn_train_every_days", "CHURN_TRAIN_EVERY_DAYS", "7")
 MIN_LABEL_DAYS = setting("churn_min_label_days", "CHURN_MIN_LABEL_DAYS", "1")
+TRAIN_DRIVER_CPUS = 0.5  # reserved for the train job's driver; its search plans around it
 JOB_ARGS = ["--root", ROOT, "--spec", SPEC, "--ds", "{{ ds }}"]
 
 PARAMS = {
@@ -121,9 +122,9 @@ def churn_pipeline():
     train = SubmitRayJobOperator(
         task_id="train",
         entrypoint=("python train.py " + " ".join(f"'{arg}'" for arg in JOB_ARGS)
-                    + " --trials {{ params.tune_trials }}"),
+                    + f" --trials {{{{ params.tune_trials }}}} --driver-cpus {TRAIN_DRIVER_CPUS}"),
         runtime_env=churn_runtime_env(REPO_ROOT),
-        entrypoint_num_cpus=0.5,
+        entrypoint_num_cpus=TRAIN_DRIVER_CPUS,
         ray_conn_id="ray_default",
         deferrable=True,
         job_timeout=3 * 3600,

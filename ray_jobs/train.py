@@ -55,20 +55,25 @@ def _connect(address: str | None) -> bool:
     return True
 
 
-def _free_cpus() -> float:
-    """CPUs the search may take: what is free now (a job's driver may hold some), or the
-    cluster's total when (nearly) nothing is free, so trials queue rather than fail."""
+def search_cpus(driver_cpus: float = 0.0) -> float:
+    """CPUs the search plans for: the cluster's total minus what this job's driver reserved.
+
+    Not `available_resources()`: that view lags (CPUs of tasks that just ended, e.g. the Ray Data
+    read, show as busy for a moment), so plans made from it varied run to run. Planning on the
+    total is safe: Tune queues trials that do not fit yet, and `--max-concurrent` caps a shared
+    cluster.
+    """
     import ray
 
-    free = ray.available_resources().get("CPU", 0.0)
-    return free if free >= 0.5 else ray.cluster_resources().get("CPU", 1.0)
+    total = ray.cluster_resources().get("CPU", 1.0)
+    return max(total - driver_cpus, min(total, 0.5))
 
 
 def run_search(data: training.Matrices, frames: tuple, schema: FeatureSchema, trials: int,
                 workers: int, max_concurrent: int | None, settings: training.BoostSettings,
                 storage_path: str, search: bool = True, cpus: float | None = None):
     """Run the Tune search (one trial of DEFAULT_PARAMS when search is False) on `cpus` CPUs
-    (default: the cluster's free CPUs).
+    (default: `search_cpus()`).
 
     Returns:
         (the best trial's Result, the resource plan it ran with).
@@ -76,7 +81,7 @@ def run_search(data: training.Matrices, frames: tuple, schema: FeatureSchema, tr
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    plan = training.plan_trials(cpus or _free_cpus(), trials, workers, max_concurrent)
+    plan = training.plan_trials(cpus or search_cpus(), trials, workers, max_concurrent)
     trainable = _trainable(data, frames, schema, plan, workers, settings, storage_path)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"CPU": plan.trial_cpus}),
@@ -169,7 +174,7 @@ def train_model(root: str, spec: DatasetSpec, ds: str, trials: int = 8,
                 train_days: int | None = None,
                 workers: int = 1, max_concurrent: int | None = None, seed: int = 42,
                 num_boost_round: int = 300, early_stopping_rounds: int | None = 20,
-                search: bool = True, ray_address: str | None = None,
+                search: bool = True, ray_address: str | None = None, driver_cpus: float = 0.0,
                 created_by: str = "ray_jobs/train.py") -> dict:
     """Assemble the training set, tune, evaluate, and write a new model version.
 
@@ -186,6 +191,8 @@ def train_model(root: str, spec: DatasetSpec, ds: str, trials: int = 8,
         early_stopping_rounds: stop when validation AUC has not improved for this many rounds.
         search: False = one trial of DEFAULT_PARAMS (benchmarks).
         ray_address: Ray to connect to (default RAY_ADDRESS or a new local Ray).
+        driver_cpus: CPUs reserved for this job's entrypoint (the Jobs API's
+            `entrypoint_num_cpus`), left out of the search's plan.
         created_by: recorded in meta.json.
 
     Returns:
@@ -195,7 +202,7 @@ def train_model(root: str, spec: DatasetSpec, ds: str, trials: int = 8,
     window = training.training_window(root, spec, ds, train_days or spec.model.train_days)
     settings = training.BoostSettings(num_boost_round, early_stopping_rounds, seed)
     shape = {"trials": trials, "workers": workers, "max_concurrent": max_concurrent,
-             "search": search}
+             "search": search, "driver_cpus": driver_cpus}
     owns_ray = _connect(ray_address)
     try:
         outcome = _search_and_fit(root, spec, window, settings, shape, timings)
@@ -219,7 +226,7 @@ def _search_and_fit(root: str, spec: DatasetSpec, window: training.TrainingWindo
     clock = time.perf_counter()
     best, plan = run_search(data, (train, valid), schema, shape["trials"], shape["workers"],
                             shape["max_concurrent"], settings, _storage_path(root),
-                            shape["search"])
+                            shape["search"], search_cpus(shape["driver_cpus"]))
     timings["tune_s"] = time.perf_counter() - clock
     booster = _best_booster(best)
     scores = predict_proba(booster, schema, valid, nthread=plan.nthread)
@@ -269,6 +276,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-concurrent", type=int, default=None)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--num-boost-round", type=int, default=300)
+    parser.add_argument("--driver-cpus", type=float, default=0.0,
+                        help="CPUs the Jobs API reserved for this entrypoint (entrypoint_num_cpus)")
     parser.add_argument("--result-file", default=None, help="also write the result JSON here")
     return parser.parse_args(argv)
 
@@ -280,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          train_days=args.train_days, workers=args.workers,
                          max_concurrent=args.max_concurrent, seed=args.seed,
                          num_boost_round=args.num_boost_round,
-                         ray_address=os.environ.get("RAY_ADDRESS"))
+                         ray_address=os.environ.get("RAY_ADDRESS"),
+                         driver_cpus=args.driver_cpus)
     if args.result_file:
         write_json_atomic(args.result_file, result)
     sys.stdout.flush()

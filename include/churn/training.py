@@ -384,7 +384,7 @@ def plan_trials(cluster_cpus: float, trials: int, workers: int,
     the CPUs, which would otherwise loop on worker-group start timeouts.
 
     Args:
-        cluster_cpus: the CPUs the search may use (`ray.available_resources()["CPU"]`).
+        cluster_cpus: the CPUs the search may use (the cluster's, minus the job driver's).
         trials: number of trials of the search.
         workers: Ray Train workers per trial (1 = no Ray Train).
         max_concurrent: an upper bound on concurrent trials (None = as many as fit).

@@ -77,6 +77,8 @@ class TestChurnPipelineShape:
         assert train.deferrable is True
         assert train.entrypoint.startswith("python train.py ")
         assert "{{ ds }}" in train.entrypoint and "{{ params.tune_trials }}" in train.entrypoint
+        # the search plans around the CPUs the Jobs API reserves for the driver
+        assert f"--driver-cpus {train.entrypoint_num_cpus}" in train.entrypoint
         assert train.runtime_env["py_modules"] == [str(REPO_ROOT / "include" / "churn")]
 
     def test_raw_sensor_reschedules_with_timeout(self, dag):
