@@ -19,7 +19,8 @@ Every task works on the run's logical date `ds` (the partition key) and nothing 
 Configuration: Variables `churn_data_root` (else env `CHURN_DATA_ROOT`), `churn_train_every_days`
 (else env `CHURN_TRAIN_EVERY_DAYS`, 7), `churn_min_label_days` (else env `CHURN_MIN_LABEL_DAYS`,
 1); env `CHURN_SCHEDULE` (`@daily`) and `CHURN_START_DATE`; connections `spark_default`,
-`ray_default`, `aws_default` (EMR). See README.md.
+`ray_default`, `aws_default` (EMR); env `CHURN_MAX_ACTIVE_RUNS` (1) and `CHURN_TASK_RETRIES` (2).
+See README.md.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ PARAMS = {
     max_active_runs=int(os.environ.get("CHURN_MAX_ACTIVE_RUNS", "1")),
     default_args={
         "owner": "ml-platform",
-        "retries": 2,
+        "retries": int(os.environ.get("CHURN_TASK_RETRIES", "2")),
         "retry_delay": dt.timedelta(minutes=1),
         "retry_exponential_backoff": True,
         "max_retry_delay": dt.timedelta(minutes=15),

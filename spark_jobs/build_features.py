@@ -6,7 +6,9 @@
 
 Reads the raw partitions the days need, quarantines rejected rows
 (`quarantine/<table>/ds=…`), writes `runs/ds=…/ingest.json` and `features.json` fragments,
-`features/ds=…` for every day and `labels/ds=…` for every day whose horizon has matured. Fails
+`features/ds=…` for every day and `labels/ds=…` for every day whose horizon matured within the
+run (day L + horizon ≤ the last day: a run reads no raw day after it, and each label partition
+belongs to the run of the day it matured on). Fails
 (exit code 1, message on stderr) when a day rejects more rows than allowed, a required column is
 missing, or a needed raw partition is missing (unless `--allow-missing`).
 """

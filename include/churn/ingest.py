@@ -124,8 +124,12 @@ def plan_reads(spec: DatasetSpec, start: str, end: str,
     """Plan a run over the feature days [start, end] (pure: no I/O).
 
     Features for D read events of [D - longest window + 1, D]. Labels are computed for every day
-    L of [start - horizon, end] whose horizon has matured (L + horizon <= the newest raw day of
-    the table the label looks at) and which is not before the first delivered day; they read
+    L of [start - horizon, end] whose horizon has matured by `end` and by the newest raw day of
+    the table the label looks at (L + horizon <= both) and which is not before the first
+    delivered day. Bounding by `end` keeps a run point-in-time even when later raw days already
+    exist (backfills): a run of day D reads no raw day after D, and each label partition L has
+    one owner, the run of day L + horizon, so runs of different days never write the same
+    partition. They read
     events of (L, L + horizon] (kinds inactivity/event) or the snapshot of L + horizon (column).
     Days before a table's first delivered day are not needed (the data starts there).
 
@@ -144,7 +148,7 @@ def plan_reads(spec: DatasetSpec, start: str, end: str,
     newest = max(available.get(label_table) or [""])
     first = min(available.get(pop_table) or [start])
     label_days = [d for d in ds_range(shift_ds(start, -horizon), end)
-                  if d >= first and shift_ds(d, horizon) <= newest]
+                  if d >= first and shift_ds(d, horizon) <= min(newest, end)]
     needed = {t: set() for t in spec.tables}
     for day in feature_days:
         _add_population_days(needed, spec, day, with_window=True)

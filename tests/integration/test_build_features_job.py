@@ -22,6 +22,7 @@ from churn.packaging import build_package_zip
 from churn.spec import dump_spec, load_spec
 from churn.storage import Layout, ds_range, read_json, shift_ds
 from spark_jobs.build_features import JobArgs, run
+from tests.support.small_data import read_partition
 
 REPO = Path(__file__).resolve().parents[2]
 START = "2024-01-01"
@@ -60,12 +61,6 @@ def build(spark, root: str, spec: str, start: str, end: str | None = None, **kw)
     return run(spark, JobArgs(root=root, spec=spec, start=start, end=end or start, **kw))
 
 
-def partition(root: str, area: str, ds: str, table: str | None = None) -> pd.DataFrame:
-    """One written partition as a frame sorted by its rows (no index)."""
-    frame = pd.read_parquet(Layout(root).partition(area, ds, table))
-    return frame.sort_values(list(frame.columns)).reset_index(drop=True)
-
-
 def part_files(root: str, area: str, ds: str) -> list[str]:
     return sorted(os.listdir(Layout(root).partition(area, ds)))
 
@@ -75,17 +70,19 @@ class TestRangeVersusDay:
                                                               small_spec):
         summary = build(spark, clean_root, small_spec, *RANGE)
         assert summary["feature_days"] == ds_range(*RANGE)
-        assert summary["label_days"] == ds_range("2024-01-03", "2024-02-04")  # newest: Feb 9
+        # horizon 5, matured by the range's end (Feb 6), though raw days run to Feb 9
+        assert summary["label_days"] == ds_range("2024-01-03", "2024-02-01")
         first, last = RANGE
-        ranged = {ds: partition(clean_root, "features", ds) for ds in (first, last)}
-        ranged_labels = {ds: partition(clean_root, "labels", ds) for ds in ("2024-02-01", last)
-                         if ds <= "2024-02-04"}
+        ranged = {ds: read_partition(clean_root, "features", ds) for ds in (first, last)}
+        # the labels the single-day runs of `first` and `last` own: those that matured on them
+        ranged_labels = {ds: read_partition(clean_root, "labels", ds)
+                         for ds in ("2024-01-03", "2024-02-01")}
         untouched = part_files(clean_root, "features", "2024-01-20")
         for ds in (first, last):
             build(spark, clean_root, small_spec, ds)
-            pd.testing.assert_frame_equal(partition(clean_root, "features", ds), ranged[ds])
+            pd.testing.assert_frame_equal(read_partition(clean_root, "features", ds), ranged[ds])
         for ds, frame in ranged_labels.items():
-            pd.testing.assert_frame_equal(partition(clean_root, "labels", ds), frame)
+            pd.testing.assert_frame_equal(read_partition(clean_root, "labels", ds), frame)
         assert part_files(clean_root, "features", "2024-01-20") == untouched
         assert len(ranged[last]) > 50 and ranged[last]["ds"].eq(last).all()
 
@@ -94,7 +91,7 @@ class TestRangeVersusDay:
         root, day = str(tmp_path / "copy"), "2024-01-20"
         shutil.copytree(Path(clean_root) / "raw", Path(root) / "raw")
         build(spark, root, small_spec, "2024-01-15", day)
-        before = {ds: partition(root, "features", ds) for ds in ds_range("2024-01-15", day)}
+        before = {ds: read_partition(root, "features", ds) for ds in ds_range("2024-01-15", day)}
         own = next((Path(root) / "raw" / "events" / f"ds={day}").glob("*.csv"))
         someone = own.read_text().splitlines()[1].split(",")[0]
         with own.open("a") as out:  # dated tomorrow inside today's partition
@@ -104,9 +101,9 @@ class TestRangeVersusDay:
             out.writelines(f"{someone},{shift_ds(day, 1)} 10:0{i}:00,login,\n" for i in range(5))
         summary = build(spark, root, small_spec, "2024-01-15", day)
         for ds, frame in before.items():
-            pd.testing.assert_frame_equal(partition(root, "features", ds), frame)
+            pd.testing.assert_frame_equal(read_partition(root, "features", ds), frame)
         assert summary["counts"]["events"][day]["reasons"] == {"outside_partition_day": 1}
-        quarantined = partition(root, "quarantine", day, "events")
+        quarantined = read_partition(root, "quarantine", day, "events")
         assert quarantined[["customer_id", "amount", "reason"]].values.tolist() == [
             [someone, "999.0", "outside_partition_day"]]
 
@@ -116,7 +113,7 @@ class TestFaults:
         kinds = ("malformed_rows", "wrong_types", "null_ids", "duplicate_rows", "future_dated")
         root = faulty_root(tmp_path, small_spec, kinds)
         build(spark, root, small_spec, FAULT_DAY, max_reject_rate=0.5)
-        quarantined = partition(root, "quarantine", FAULT_DAY, "events")
+        quarantined = read_partition(root, "quarantine", FAULT_DAY, "events")
         assert quarantined["reason"].value_counts().to_dict() == {
             "malformed_row": 5, "duplicate_row": 4, "null_id": 3, "outside_partition_day": 3,
             "bad_number": 3, "bad_timestamp": 2}
@@ -145,7 +142,7 @@ class TestFaults:
         fragment = read_json(Layout(root).run_fragment(FAULT_DAY, "ingest"))
         assert fragment["tables"]["events"] == {"rows_in": 0, "rows_out": 0, "rows_rejected": 0,
                                                 "reasons": {}, "empty": True}
-        features = partition(root, "features", FAULT_DAY)
+        features = read_partition(root, "features", FAULT_DAY)
         assert len(features) > 50 and features["n_events_3d"].gt(0).any()
 
     def test_missing_day_fails_unless_allowed(self, spark, small_spec, tmp_path):
@@ -156,7 +153,7 @@ class TestFaults:
         build(spark, root, small_spec, FAULT_DAY, allow_missing=True)
         fragment = read_json(Layout(root).run_fragment(FAULT_DAY, "ingest"))
         assert fragment["tables"] == {"events": {"missing": True}, "customers": {"missing": True}}
-        assert len(partition(root, "features", FAULT_DAY)) == 0
+        assert len(read_partition(root, "features", FAULT_DAY)) == 0
 
 
 class TestSparkSubmit:
@@ -173,7 +170,7 @@ class TestSparkSubmit:
             env=env, capture_output=True, text=True, timeout=300, check=False)
         assert done.returncode == 0, done.stderr[-3000:]
         assert f"events ds={day}: ok rows in=" in done.stdout + done.stderr  # pyspark's handler
-        features = partition(root, "features", day)
+        features = read_partition(root, "features", day)
         assert features["customer_id"].str.len().eq(6).all()  # zero-padded ids kept as strings
         assert json.loads(Path(Layout(root).run_fragment(day, "features")).read_text())[
             "feature_rows"] == len(features)

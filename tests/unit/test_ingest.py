@@ -77,9 +77,15 @@ class TestPlanReads:
         spec = _spec()
         days = _range("2024-01-05", "2024-01-12")
         plan = ingest.plan_reads(spec, "2024-01-06", "2024-01-08", {"events": days})
-        assert plan.read_days["events"] == _range("2024-01-05", "2024-01-10")
-        assert plan.label_days == _range("2024-01-05", "2024-01-08")
+        assert plan.read_days["events"] == _range("2024-01-05", "2024-01-08")
+        assert plan.label_days == ["2024-01-05", "2024-01-06"]  # horizon 2, matured by Jan 8
         assert plan.missing == {"events": []}
+
+    def test_a_run_reads_no_raw_day_after_its_end_even_when_it_exists(self):
+        days = _range("2024-01-01", "2024-01-31")
+        plan = ingest.plan_reads(_spec(), "2024-01-10", "2024-01-10", {"events": days})
+        assert plan.read_days["events"][-1] == "2024-01-10"
+        assert plan.label_days == ["2024-01-08"]  # the one label that matured on Jan 10
 
     def test_missing_target_day_is_an_error_unless_allowed(self):
         plan = ingest.plan_reads(_spec(), "2024-01-08", "2024-01-08",
