@@ -16,8 +16,6 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from churn_airflow.operators.ray_job import (
     churn_runtime_env,
 )
 from churn_airflow.triggers.ray_job import RayJobTrigger
+from tests.support.ray_jobs import TaskInstanceStub, defer, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINTS = REPO_ROOT / "tests" / "support" / "ray_entrypoints"
@@ -38,21 +37,6 @@ DAG_ID = "ray_operator_it"
 TASK_ID = "train"
 TICKER = f"{sys.executable} ticker.py"
 ACTIVE = {"PENDING", "RUNNING"}
-
-
-@dataclass
-class TaskInstanceStub:
-    """The few task-instance attributes the operator reads, and the XComs it pushes."""
-
-    dag_id: str
-    run_id: str
-    task_id: str = TASK_ID
-    map_index: int = -1
-    try_number: int = 1
-    xcoms: dict[str, Any] = field(default_factory=dict)
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.xcoms[key] = value
 
 
 @pytest.fixture
@@ -100,15 +84,6 @@ def make_operator(ray_conn: str, args: str, **kwargs: Any) -> SubmitRayJobOperat
         poll_interval=0.3,
         **kwargs,
     )
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float = 90, what: str = "") -> None:
-    """Poll `check` (bounded) until it holds."""
-    stop_at = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > stop_at:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def job_status(sdk_client, submission_id: str) -> str:
@@ -272,20 +247,6 @@ async def run_with_heartbeat(trigger: RayJobTrigger) -> tuple[Any, float, int]:
     done.set()
     await beater
     return event.payload, elapsed, beats
-
-
-def defer(op: SubmitRayJobOperator, ti: TaskInstanceStub) -> RayJobTrigger:
-    """Run `execute` up to its deferral; return the trigger rebuilt from `serialize()`."""
-    from airflow.sdk.exceptions import TaskDeferred
-    from airflow.sdk.module_loading import import_string
-
-    with pytest.raises(TaskDeferred) as deferred:
-        op.execute({"ti": ti})
-    assert deferred.value.method_name == "execute_complete"
-    classpath, kwargs = deferred.value.trigger.serialize()
-    rebuilt = import_string(classpath)(**kwargs)
-    assert rebuilt.serialize() == (classpath, kwargs)
-    return rebuilt
 
 
 class TestRayJobTrigger:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -33,6 +33,7 @@ class RayHead:
     gcs_address: str
     token: str
     temp_dir: str
+    command: list[str] = field(default_factory=list)  # `ray start`, to restart on the same ports
 
     def client_env(self) -> dict[str, str]:
         """Environment a Ray client (driver or job submitter) needs for this head."""
@@ -54,6 +55,11 @@ class RayHead:
             time.sleep(0.2)
         if _group_alive(self.process.pid):
             os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def crash(self) -> None:
+        """SIGKILL the head's whole process group at once: a crash, not a shutdown."""
+        os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
 
 
@@ -112,20 +118,46 @@ def start_ray_head(num_cpus: int = 2, ready_timeout_s: float = 120) -> RayHead:
         "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
         "metrics-export-port", "ray-client-server-port")]
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, check=False,
+    subprocess.run([ray_bin, "get-auth-token", "--generate"], env=_head_env(), check=False,
                    capture_output=True)
+    command = [
+        ray_bin, "start", "--head", "--block", f"--port={gcs_port}",
+        f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1",
+        "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
+        "--disable-usage-stats", *side_ports]
+    return _launch(command, f"http://127.0.0.1:{dashboard_port}", f"127.0.0.1:{gcs_port}",
+                   temp_dir, ready_timeout_s)
+
+
+def restart_ray_head(head: RayHead, ready_timeout_s: float = 120) -> RayHead:
+    """Start a new head with the command of a stopped or crashed one: same ports, same token.
+
+    Without GCS fault tolerance the new head knows none of the old head's jobs.
+
+    Args:
+        head: the former head (no process of it may hold its ports any more).
+        ready_timeout_s: how long to wait for the Jobs API.
+
+    Returns:
+        The new running head; call `stop()` when done.
+    """
+    return _launch(head.command, head.dashboard_url, head.gcs_address, head.temp_dir,
+                   ready_timeout_s)
+
+
+def _head_env() -> dict[str, str]:
+    return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _launch(command: list[str], dashboard_url: str, gcs_address: str, temp_dir: str,
+            ready_timeout_s: float) -> RayHead:
+    """Run `ray start --block` in its own process group and wait until its Jobs API answers."""
     process = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", f"--port={gcs_port}",
-         f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1",
-         "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
-         "--disable-usage-stats", *side_ports],
-        env=env, start_new_session=True,
-        stdout=open(Path(temp_dir) / "head.out", "wb"), stderr=subprocess.STDOUT,
+        command, env=_head_env(), start_new_session=True,
+        stdout=open(Path(temp_dir) / "head.out", "ab"), stderr=subprocess.STDOUT,
     )
-    head = RayHead(process, f"http://127.0.0.1:{dashboard_port}", f"127.0.0.1:{gcs_port}",
-                   _read_token(), temp_dir)
+    head = RayHead(process, dashboard_url, gcs_address, _read_token(), temp_dir, command)
     try:
         _wait_for_jobs_api(head, ready_timeout_s)
     except BaseException:

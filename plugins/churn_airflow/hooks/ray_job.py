@@ -10,8 +10,14 @@ Connection (default id ``ray_default``, conn_type ``http``):
 - extra ``verify``: ``true``/``false`` or the path of a CA bundle (TLS);
 - extra ``headers``: more HTTP headers (e.g. a proxy's own auth).
 
-The sync methods wrap ``ray.job_submission.JobSubmissionClient``; the ``async_*`` methods talk
-to the same REST endpoints with aiohttp so that triggers never block the event loop.
+The sync methods wrap ``ray.job_submission.JobSubmissionClient``, except the reads that must
+tell "no such job" (HTTP 404) from other failures, which call the REST endpoints with requests;
+the ``async_*`` methods talk to the same endpoints with aiohttp so that triggers never block the
+event loop.
+
+Watching a job survives a head that is down for a while (restart, network blip): its status and
+log reads retry connection errors for up to ``HEAD_UNREACHABLE_TOLERANCE_S``. A head restarted
+without GCS fault tolerance forgets its jobs; reads then raise ``RayJobNotFoundError``.
 """
 
 from __future__ import annotations
@@ -36,10 +42,15 @@ DEFAULT_TOKEN_PATH = "~/.ray/auth_token"
 ACTIVE_STATUSES = frozenset({"PENDING", "RUNNING"})
 _ADDRESS_ENV_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 _HTTP_TIMEOUT_S = 30.0
+HEAD_UNREACHABLE_TOLERANCE_S = 180.0
 
 
 class RayJobError(AirflowException):
     """A Ray job ended in a state other than SUCCEEDED, or could not be watched."""
+
+
+class RayJobNotFoundError(RayJobError):
+    """The cluster has no job with that id (never submitted, deleted, or lost by a head restart)."""
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -56,6 +67,27 @@ _retry_on_connection_error = tenacity.retry(
     retry=tenacity.retry_if_exception(_is_connection_error),
     stop=tenacity.stop_after_attempt(4),
     wait=tenacity.wait_exponential(multiplier=0.5, max=5),
+    reraise=True,
+)
+
+
+def _log_head_unreachable(retry_state: tenacity.RetryCallState) -> None:
+    """Say in the task log that the head is unreachable and when the next try is."""
+    hook = retry_state.args[0]
+    hook.log.warning(
+        "Ray head at %s unreachable (%s); retrying in %.1f s (attempt %d, giving up after %.0f s)",
+        hook.settings.address, retry_state.outcome.exception(), retry_state.upcoming_sleep,
+        retry_state.attempt_number, HEAD_UNREACHABLE_TOLERANCE_S,
+    )
+
+
+# Reads made while watching a running job: a head restart takes longer than the 4 quick tries
+# above, and giving up early would fail a task whose job may still be fine.
+_retry_while_head_unreachable = tenacity.retry(
+    retry=tenacity.retry_if_exception(_is_connection_error),
+    stop=tenacity.stop_after_delay(HEAD_UNREACHABLE_TOLERANCE_S),
+    wait=tenacity.wait_exponential(multiplier=0.5, max=5),
+    before_sleep=_log_head_unreachable,
     reraise=True,
 )
 
@@ -204,6 +236,16 @@ def parse_result(logs: str, submission_id: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _raise_for_reply(status: int, body: str, request: str, submission_id: str,
+                     address: str) -> None:
+    """Raise unless HTTP 200: ``RayJobNotFoundError`` for 404, ``RayJobError`` otherwise."""
+    if status == 404:
+        raise RayJobNotFoundError(
+            f"Ray job {submission_id} is not known to the cluster at {address}")
+    if status != 200:
+        raise RayJobError(f"{request}: HTTP {status} {body[:500]}")
+
+
 def _settings_of(conn: Connection) -> RayConnSettings:
     """``conn_settings`` of an Airflow connection."""
     return conn_settings(
@@ -303,13 +345,15 @@ class RayJobHook(BaseHook):
         """
         return self.client.get_job_info(submission_id)
 
-    @_retry_on_connection_error
+    @_retry_while_head_unreachable
     def get_job_status(self, submission_id: str) -> JobStatus:
-        """The job's status.
+        """The job's status; raises ``RayJobNotFoundError`` when the cluster has no such job.
 
         :param submission_id: the job's submission id.
         """
-        return self.client.get_job_status(submission_id)
+        from ray.job_submission import JobStatus
+
+        return JobStatus(self._get_json(f"/api/jobs/{submission_id}", submission_id)["status"])
 
     @_retry_on_connection_error
     def find_job(self, submission_id: str) -> JobDetails | None:
@@ -317,28 +361,34 @@ class RayJobHook(BaseHook):
 
         :param submission_id: the job's submission id.
         """
-        import requests
         from ray.job_submission import JobDetails
 
+        try:
+            return JobDetails(**self._get_json(f"/api/jobs/{submission_id}", submission_id))
+        except RayJobNotFoundError:
+            return None
+
+    @_retry_while_head_unreachable
+    def get_job_logs(self, submission_id: str) -> str:
+        """The job's whole log (driver stdout and stderr); raises ``RayJobNotFoundError``.
+
+        :param submission_id: the job's submission id.
+        """
+        return str(self._get_json(f"/api/jobs/{submission_id}/logs", submission_id)["logs"])
+
+    def _get_json(self, path: str, submission_id: str) -> Any:
+        """GET one Jobs API path about a job; raises unless HTTP 200 (404: job not found)."""
+        import requests
+
         reply = requests.get(
-            f"{self.settings.address}/api/jobs/{submission_id}",
+            f"{self.settings.address}{path}",
             headers=self.settings.headers,
             verify=self.settings.verify,
             timeout=_HTTP_TIMEOUT_S,
         )
-        if reply.status_code == 404:
-            return None
-        if reply.status_code != 200:
-            raise RayJobError(f"GET job {submission_id}: HTTP {reply.status_code} {reply.text}")
-        return JobDetails(**reply.json())
-
-    @_retry_on_connection_error
-    def get_job_logs(self, submission_id: str) -> str:
-        """The job's whole log (driver stdout and stderr).
-
-        :param submission_id: the job's submission id.
-        """
-        return self.client.get_job_logs(submission_id)
+        _raise_for_reply(reply.status_code, reply.text, f"GET {path}", submission_id,
+                         self.settings.address)
+        return reply.json()
 
     def get_new_log_lines(
         self, submission_id: str, offset: int, final: bool = False
@@ -375,8 +425,8 @@ class RayJobHook(BaseHook):
         """All jobs the cluster knows, in any state."""
         return self.client.list_jobs()
 
-    async def _async_request(self, method: str, path: str) -> Any:
-        """One JSON request to the Jobs API with aiohttp; raises unless HTTP 200."""
+    async def _async_request(self, method: str, path: str, submission_id: str) -> Any:
+        """One JSON request about a job with aiohttp; raises unless HTTP 200 (404: not found)."""
         import aiohttp
 
         settings = await self.aget_settings()
@@ -386,26 +436,27 @@ class RayJobHook(BaseHook):
                 method, f"{settings.address}{path}", ssl=settings.ssl_context()
             ) as reply:
                 body = await reply.text()
-                if reply.status != 200:
-                    raise RayJobError(f"{method} {path}: HTTP {reply.status} {body[:500]}")
+                _raise_for_reply(reply.status, body, f"{method} {path}", submission_id,
+                                 settings.address)
                 return json.loads(body)
 
-    @_retry_on_connection_error
+    @_retry_while_head_unreachable
     async def async_get_job_status(self, submission_id: str) -> str:
         """The job's status name (``PENDING`` ... ``SUCCEEDED``), without blocking the loop.
 
         :param submission_id: the job's submission id.
         """
-        info = await self._async_request("GET", f"/api/jobs/{submission_id}")
+        info = await self._async_request("GET", f"/api/jobs/{submission_id}", submission_id)
         return str(info["status"])
 
-    @_retry_on_connection_error
+    @_retry_while_head_unreachable
     async def async_get_job_logs(self, submission_id: str) -> str:
         """The job's whole log, without blocking the loop.
 
         :param submission_id: the job's submission id.
         """
-        reply = await self._async_request("GET", f"/api/jobs/{submission_id}/logs")
+        reply = await self._async_request("GET", f"/api/jobs/{submission_id}/logs",
+                                          submission_id)
         return str(reply["logs"])
 
     @_retry_on_connection_error
@@ -416,5 +467,6 @@ class RayJobHook(BaseHook):
         :return: True when the job was still running.
         """
         self.log.info("Stopping Ray job %s", submission_id)
-        reply = await self._async_request("POST", f"/api/jobs/{submission_id}/stop")
+        reply = await self._async_request("POST", f"/api/jobs/{submission_id}/stop",
+                                          submission_id)
         return bool(reply["stopped"])

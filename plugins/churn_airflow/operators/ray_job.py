@@ -23,16 +23,24 @@ from churn_airflow.hooks.ray_job import (
     ACTIVE_STATUSES,
     RayJobError,
     RayJobHook,
+    RayJobNotFoundError,
     last_lines,
     parse_result,
 )
-from churn_airflow.triggers.ray_job import STOP_GRACE_S, RayJobTrigger
+from churn_airflow.triggers.ray_job import JOB_NOT_FOUND, STOP_GRACE_S, RayJobTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
     from ray.job_submission import JobDetails
 
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+# What makes a shell command more than one simple command (`exec` in front would change it);
+# `&` only when not part of a redirection such as `2>&1`.
+_SHELL_CONTROL = re.compile(r"[;|()`\n]|\$\(|(?<![<>])&")
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+_SHELL_WORDS = frozenset({
+    "!", "{", ".", ":", "case", "cd", "eval", "exec", "exit", "export", "for", "if", "set",
+    "source", "trap", "ulimit", "umask", "unset", "until", "while"})
 
 
 def churn_runtime_env(
@@ -84,6 +92,29 @@ def base_submission_id(dag_id: str, run_id: str, task_id: str, map_index: int) -
     digest = hashlib.sha256(f"{dag_id}\n{run_id}\n{task_id}\n{map_index}".encode()).hexdigest()
     readable = _UNSAFE_ID_CHARS.sub("_", f"{dag_id}-{task_id}")[:70]
     return f"af-{readable}-{digest[:16]}"
+
+
+def exec_entrypoint(entrypoint: str) -> str:
+    """The entrypoint with ``exec`` in front when it is one simple command, else unchanged.
+
+    Ray runs the entrypoint with ``/bin/sh -c``; dash forks the command instead of replacing
+    itself, so the driver is a grandchild of the job supervisor. When the head crashes, Ray
+    (2.60) kills only the supervisor's children, the shell and its fate-sharing watcher, and the
+    driver lives on as an orphan, still running while the task's retry starts a second copy.
+    With ``exec`` the driver is the supervisor's child and dies with it.
+
+    Args:
+        entrypoint: the rendered shell command.
+
+    Returns:
+        ``exec <entrypoint>``, or the entrypoint itself when it is a compound command, starts
+        with a variable assignment or a shell keyword/builtin.
+    """
+    words = entrypoint.split()
+    if (not words or _SHELL_CONTROL.search(entrypoint.strip()) or _ASSIGNMENT.match(words[0])
+            or words[0] in _SHELL_WORDS):
+        return entrypoint
+    return f"exec {entrypoint.strip()}"
 
 
 def submission_id_for_try(base_id: str, try_number: int) -> str:
@@ -191,6 +222,8 @@ class SubmitRayJobOperator(BaseOperator):
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after ``RayJobTrigger``: print the rest of the log, then finish or raise."""
         self.submission_id = event["submission_id"]
+        if event["job_status"] == JOB_NOT_FOUND:
+            raise RayJobError(self._lost_job_message(self.submission_id))
         self._emit_new_lines(self.submission_id, event["log_offset"], final=True)
         if event["status"] != "success":
             self._raise_failed(event["submission_id"], event["job_status"], event["timed_out"])
@@ -235,7 +268,7 @@ class SubmitRayJobOperator(BaseOperator):
             "airflow_try_number": str(ti.try_number),
         }
         return self.hook.submit_job(
-            entrypoint=self.entrypoint,
+            entrypoint=exec_entrypoint(self.entrypoint),
             submission_id=submission_id,
             runtime_env=self.runtime_env,
             metadata={**airflow_ids, **(self.metadata or {})},
@@ -253,9 +286,27 @@ class SubmitRayJobOperator(BaseOperator):
     def _wait(self, submission_id: str, deadline: float | None) -> tuple[str, bool]:
         """Poll in the worker until the job is terminal or past ``deadline``, streaming logs.
 
+        The hook's reads ride out a head that is down for a while; a job the (restarted) head
+        no longer knows fails the task at once instead of polling forever.
+
         Returns:
             (the job's final status, whether it was stopped for passing the deadline).
         """
+        try:
+            return self._poll_until_done(submission_id, deadline)
+        except RayJobNotFoundError as exc:
+            raise RayJobError(self._lost_job_message(submission_id)) from exc
+
+    def _lost_job_message(self, submission_id: str) -> str:
+        """Why a job the cluster no longer knows failed the task, and what a retry does."""
+        return (
+            f"Ray job {submission_id} is no longer known to the cluster at "
+            f"{self.hook.settings.address}: the head was probably restarted (without GCS fault "
+            "tolerance it forgets its jobs); a retry will resubmit it"
+        )
+
+    def _poll_until_done(self, submission_id: str, deadline: float | None) -> tuple[str, bool]:
+        """The polling loop of ``_wait``."""
         offset = 0
         while True:
             status = self.hook.get_job_status(submission_id)

@@ -10,9 +10,11 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from churn_airflow.hooks.ray_job import RayJobHook, split_new_lines
+from churn_airflow.hooks.ray_job import RayJobHook, RayJobNotFoundError, split_new_lines
 
 STOP_GRACE_S = 60.0
+# ``job_status`` of the event fired when the cluster no longer knows the job (head restarted).
+JOB_NOT_FOUND = "NOT_FOUND"
 
 
 class RayJobTrigger(BaseTrigger):
@@ -21,6 +23,9 @@ class RayJobTrigger(BaseTrigger):
     New log lines are logged as they appear (Airflow 3 shows triggerer logs in the task log);
     the event carries ``log_offset`` so the resumed operator prints only what is left.
     Past ``deadline`` the job is stopped and the event reports ``timed_out``.
+    A head that is down for a while is waited for (the hook retries); a job the head no longer
+    knows (restarted without GCS fault tolerance) fires an error event with ``job_status``
+    ``NOT_FOUND`` instead of polling forever.
     A user's kill (mark failed/success, clear) stops the job in ``on_kill``; a triggerer
     restart cancels ``run()`` without stopping the job, which the next triggerer re-attaches.
 
@@ -71,6 +76,15 @@ class RayJobTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll status and log until the job is terminal or past its deadline; fire once."""
+        try:
+            event = await self._poll_until_done()
+        except RayJobNotFoundError as exc:
+            self.log.error("%s: the head was probably restarted", exc)
+            event = self._event(JOB_NOT_FOUND, self.log_offset, timed_out=False)
+        yield TriggerEvent(event)
+
+    async def _poll_until_done(self) -> dict[str, Any]:
+        """The polling loop of ``run``; returns the event payload."""
         from ray.job_submission import JobStatus
 
         offset = self.log_offset
@@ -78,14 +92,12 @@ class RayJobTrigger(BaseTrigger):
             status = JobStatus(await self.hook.async_get_job_status(self.submission_id))
             offset = await self._stream_log(offset, final=status.is_terminal())
             if status.is_terminal():
-                yield TriggerEvent(self._event(str(status), offset, timed_out=False))
-                return
+                return self._event(str(status), offset, timed_out=False)
             if self.deadline is not None and time.time() >= self.deadline:
                 self.log.warning("Ray job %s passed its deadline; stopping it", self.submission_id)
                 status = await self._stop_and_wait()
                 offset = await self._stream_log(offset, final=True)
-                yield TriggerEvent(self._event(status, offset, timed_out=True))
-                return
+                return self._event(status, offset, timed_out=True)
             await asyncio.sleep(self.poll_interval)
 
     async def on_kill(self) -> None:

@@ -12,6 +12,7 @@ from churn_airflow.operators.ray_job import (
     SubmitRayJobOperator,
     base_submission_id,
     churn_runtime_env,
+    exec_entrypoint,
     submission_id_for_try,
 )
 
@@ -90,3 +91,29 @@ class TestChurnRuntimeEnv:
         env = churn_runtime_env(Path("/repo"), working_dir="/elsewhere")
         assert env["working_dir"] == "/elsewhere" and set(env) == {
             "working_dir", "py_modules", "excludes"}
+
+
+class TestExecEntrypoint:
+    """`exec` makes the driver the job supervisor's child, so it dies with a crashed head."""
+
+    @pytest.mark.parametrize("entrypoint", [
+        "python train.py --ds 2026-11-26",
+        "  /usr/bin/python3 train.py 'a b' > out.log 2>&1",
+    ])
+    def test_one_simple_command_gets_exec(self, entrypoint):
+        assert exec_entrypoint(entrypoint) == f"exec {entrypoint.strip()}"
+
+    @pytest.mark.parametrize("entrypoint", [
+        "cd jobs && python train.py",
+        "python a.py; python b.py",
+        "python train.py &",
+        "python gen.py | python train.py",
+        "python train.py --ds $(date)",
+        "FLAG=1 python train.py",
+        "export FLAG=1",
+        "exec python train.py",
+        "if true; then python train.py; fi",
+        "python a.py\npython b.py",
+    ])
+    def test_anything_else_is_left_alone(self, entrypoint):
+        assert exec_entrypoint(entrypoint) == entrypoint

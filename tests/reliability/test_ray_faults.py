@@ -1,0 +1,281 @@
+"""Ray faults while SubmitRayJobOperator waits: job stopped or SIGKILLed from outside, head restarted.
+
+Each case runs try 1 of the operator on a real job (`hold.py`, which ticks until the test
+creates its release file), injects the fault while the operator waits (in the worker, or in the
+deferrable `RayJobTrigger`), then plays the retries Airflow would run: try 2 must resubmit the job
+exactly once (as `<base>-try2`) and succeed, try 3 must submit nothing and return try 2's result.
+The cluster's side is checked with Ray's own `JobSubmissionClient`, the job's processes with
+psutil (by a marker on the job's command line). No job is left running and every head a test
+starts is stopped, even when it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from churn_airflow.hooks.ray_job import RayJobError
+from churn_airflow.operators.ray_job import SubmitRayJobOperator, base_submission_id
+from tests.support.ray_head import RayHead, restart_ray_head, start_ray_head
+from tests.support.ray_jobs import TaskInstanceStub, run_task, wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ENTRYPOINTS = REPO_ROOT / "tests" / "support" / "ray_entrypoints"
+CONN_ID = "ray_faults"
+DAG_ID = "ray_faults"
+TASK_ID = "train"
+ACTIVE = {"PENDING", "RUNNING"}
+WAIT_PATHS = pytest.mark.parametrize("deferrable", [False, True], ids=["worker_wait", "trigger"])
+
+
+@dataclass(frozen=True)
+class HoldJob:
+    """The `hold.py` job of one test: a unique marker and the file that lets it finish."""
+
+    marker: str
+    release_file: Path
+
+    @property
+    def entrypoint(self) -> str:
+        return (f"{sys.executable} hold.py --release {self.release_file} "
+                f"--marker {self.marker} --max-seconds 90")
+
+    def release(self) -> None:
+        """Let every run of the job finish (with its result)."""
+        self.release_file.touch()
+
+    def processes(self) -> list[psutil.Process]:
+        """The live processes whose command line carries the marker."""
+        found = []
+        for process in psutil.process_iter(["cmdline"]):
+            if self.marker in " ".join(process.info["cmdline"] or []):
+                found.append(process)
+        return found
+
+
+@pytest.fixture
+def hold_job(tmp_path) -> Iterator[HoldJob]:
+    """A fresh hold job; released at teardown so that no run of it outlives the test."""
+    job = HoldJob(uuid.uuid4().hex, tmp_path / "release")
+    yield job
+    job.release()
+    wait_until(lambda: not job.processes(), timeout_s=30, what="job processes to end")
+
+
+@pytest.fixture
+def ti(request) -> TaskInstanceStub:
+    """A fresh task instance (unique run id per test)."""
+    return TaskInstanceStub(dag_id=DAG_ID, task_id=TASK_ID,
+                            run_id=f"{request.node.name}__{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def base_id(ti) -> str:
+    """The submission id of the task's first try."""
+    return base_submission_id(ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+
+
+def sdk_client(head: RayHead):
+    """Ray's own client for `head`, independent of the hook under test."""
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(head.dashboard_url,
+                               headers={"Authorization": f"Bearer {head.token}"})
+
+
+def connect(head: RayHead, monkeypatch) -> None:
+    """Point the Airflow connection `ray_faults` at `head` (token in the password)."""
+    host, port = head.dashboard_url.removeprefix("http://").split(":")
+    conn = {"conn_type": "http", "host": host, "port": int(port), "password": head.token}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(conn))
+
+
+def job_statuses(client, base_id: str) -> dict[str, str]:
+    """Status of every job of the task (all tries) the cluster knows."""
+    return {j.submission_id: str(j.status) for j in client.list_jobs()
+            if j.submission_id.startswith(base_id)}
+
+
+def stop_active_jobs(client, base_id: str) -> list[str]:
+    """Stop the task's jobs that are still PENDING/RUNNING; return their ids."""
+    active = [sid for sid, status in job_statuses(client, base_id).items() if status in ACTIVE]
+    for submission_id in active:
+        client.stop_job(submission_id)
+    return active
+
+
+@pytest.fixture
+def session_cluster(ray_head, monkeypatch, base_id) -> Iterator[Any]:
+    """The session's head behind `ray_faults`; afterwards none of the task's jobs may run."""
+    connect(ray_head, monkeypatch)
+    client = sdk_client(ray_head)
+    yield client
+    assert stop_active_jobs(client, base_id) == []
+
+
+class RestartableHead:
+    """A head of one test alone, which the test may crash and restart on the same ports."""
+
+    def __init__(self) -> None:
+        self.current = start_ray_head(num_cpus=2)
+
+    def crash_and_restart(self) -> None:
+        """SIGKILL the head's process group, then start a new head with the same command."""
+        self.current.crash()
+        self.current = restart_ray_head(self.current)
+
+
+@pytest.fixture
+def own_head(monkeypatch, base_id) -> Iterator[RestartableHead]:
+    """A restartable head behind `ray_faults`; its jobs stopped and the head stopped after."""
+    head = RestartableHead()
+    connect(head.current, monkeypatch)
+    try:
+        yield head
+        assert stop_active_jobs(sdk_client(head.current), base_id) == []
+    finally:
+        head.current.stop()
+
+
+def make_operator(hold: HoldJob, deferrable: bool) -> SubmitRayJobOperator:
+    """The operator running the hold job (the same for every try, as in a DAG)."""
+    return SubmitRayJobOperator(
+        task_id=TASK_ID,
+        entrypoint=hold.entrypoint,
+        runtime_env={"working_dir": str(ENTRYPOINTS)},
+        ray_conn_id=CONN_ID,
+        deferrable=deferrable,
+        poll_interval=0.3,
+    )
+
+
+def is_ticking(client, submission_id: str) -> bool:
+    """Whether the job is RUNNING and its entrypoint has printed a couple of ticks."""
+    if job_statuses(client, submission_id).get(submission_id) != "RUNNING":
+        return False
+    return "tick 1" in client.get_job_logs(submission_id)
+
+
+def fault_during_first_try(op: SubmitRayJobOperator, ti: TaskInstanceStub, client, hold: HoldJob,
+                           inject: Callable[[], None]) -> BaseException | None:
+    """Run try 1 in a thread; once its job ticks, `inject` the fault; return the try's error."""
+    base_id = base_submission_id(ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first_try = pool.submit(run_task, op, ti)
+        try:
+            wait_until(lambda: is_ticking(client, base_id), what=f"{base_id} running")
+            inject()
+            return first_try.exception(timeout=120)
+        except BaseException:
+            hold.release()  # let the try end, so that the pool's shutdown does not hang
+            raise
+
+
+def retry_twice(hold: HoldJob, ti: TaskInstanceStub, deferrable: bool) -> tuple[dict, dict]:
+    """Release the job, then run tries 2 and 3 with a fresh operator each (as Airflow does)."""
+    hold.release()
+    ti.try_number = 2
+    second = run_task(make_operator(hold, deferrable), ti)
+    ti.try_number = 3
+    third = run_task(make_operator(hold, deferrable), ti)
+    return second, third
+
+
+def assert_resubmitted_once(second: dict, third: dict, hold: HoldJob, base_id: str) -> None:
+    """Try 2 ran `<base>-try2` to success; try 3 returned that same result."""
+    assert second["submission_id"] == f"{base_id}-try2"
+    assert second["status"] == "SUCCEEDED"
+    assert second["result"]["marker"] == hold.marker
+    assert third == second
+
+
+@WAIT_PATHS
+def test_job_stopped_from_outside_fails_then_retry_resubmits_once(
+        deferrable, session_cluster, ti, base_id, hold_job, reliability_case):
+    client = session_cluster
+    error = fault_during_first_try(make_operator(hold_job, deferrable), ti, client, hold_job,
+                                   inject=lambda: client.stop_job(base_id))
+
+    assert isinstance(error, RayJobError), error
+    assert f"Ray job {base_id} ended with status STOPPED" in str(error)
+    second, third = retry_twice(hold_job, ti, deferrable)
+
+    assert_resubmitted_once(second, third, hold_job, base_id)
+    assert job_statuses(client, base_id) == {base_id: "STOPPED", f"{base_id}-try2": "SUCCEEDED"}
+    reliability_case(
+        f"Ray job stopped from outside (`ray job stop` / SDK stop_job) while the operator waited "
+        f"({'deferrable trigger' if deferrable else 'worker'})",
+        "try 1 failed with RayJobError (status STOPPED); try 2 resubmitted <id>-try2 and "
+        "succeeded; try 3 submitted nothing and returned try 2's result",
+        "list_jobs: exactly {<id>: STOPPED, <id>-try2: SUCCEEDED}; no job left running")
+
+
+@WAIT_PATHS
+def test_driver_sigkilled_fails_then_retry_resubmits_once(
+        deferrable, session_cluster, ti, base_id, hold_job, reliability_case):
+    client = session_cluster
+
+    def sigkill_driver() -> None:
+        # `exec` in front of the entrypoint: the driver is the only process with the marker
+        [driver] = hold_job.processes()
+        os.kill(driver.pid, signal.SIGKILL)
+
+    error = fault_during_first_try(make_operator(hold_job, deferrable), ti, client, hold_job,
+                                   inject=sigkill_driver)
+
+    assert isinstance(error, RayJobError), error
+    assert f"Ray job {base_id} ended with status FAILED" in str(error)
+    assert "exit code -9" in str(error)
+    second, third = retry_twice(hold_job, ti, deferrable)
+
+    assert_resubmitted_once(second, third, hold_job, base_id)
+    assert job_statuses(client, base_id) == {base_id: "FAILED", f"{base_id}-try2": "SUCCEEDED"}
+    reliability_case(
+        f"Ray job's driver process SIGKILLed (found by pid via a marker on its command line) "
+        f"({'deferrable trigger' if deferrable else 'worker'})",
+        "try 1 failed with RayJobError (status FAILED, exit code -9); try 2 resubmitted "
+        "<id>-try2 and succeeded; try 3 submitted nothing",
+        "list_jobs: exactly {<id>: FAILED, <id>-try2: SUCCEEDED}; no job left running")
+
+
+@WAIT_PATHS
+def test_head_restart_fails_clearly_then_retry_resubmits_once_on_new_head(
+        deferrable, own_head, ti, base_id, hold_job, reliability_case, capfd):
+    old_address = own_head.current.dashboard_url
+    error = fault_during_first_try(make_operator(hold_job, deferrable), ti,
+                                   sdk_client(own_head.current), hold_job,
+                                   inject=own_head.crash_and_restart)
+
+    assert isinstance(error, RayJobError), error
+    assert str(error) == (
+        f"Ray job {base_id} is no longer known to the cluster at {old_address}: the head was "
+        "probably restarted (without GCS fault tolerance it forgets its jobs); a retry will "
+        "resubmit it")
+    # the operator rode out the downtime (backoff), it did not crash on the first refusal
+    assert f"Ray head at {old_address} unreachable" in capfd.readouterr().out
+    # the crash took the job's driver with it: nothing of try 1 keeps running
+    wait_until(lambda: not hold_job.processes(), timeout_s=30, what="old job's driver to die")
+    second, third = retry_twice(hold_job, ti, deferrable)
+
+    assert_resubmitted_once(second, third, hold_job, base_id)
+    assert job_statuses(sdk_client(own_head.current), base_id) == {
+        f"{base_id}-try2": "SUCCEEDED"}
+    reliability_case(
+        f"Ray head SIGKILLed (process group) and restarted on the same ports/token while the "
+        f"operator waited ({'deferrable trigger' if deferrable else 'worker'})",
+        "status reads retried with backoff while the head was down; then the job was unknown: "
+        "try 1 failed with 'no longer known to the cluster ... a retry will resubmit it'; "
+        "try 2 resubmitted <id>-try2 on the new head and succeeded; try 3 submitted nothing",
+        "no process of the old job alive (psutil); new head's list_jobs: exactly "
+        "{<id>-try2: SUCCEEDED}")
