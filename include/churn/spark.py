@@ -128,9 +128,10 @@ def write_day_partitions(frame: DataFrame, days: Iterable[str],
     """Write one partition per day in one Spark job, then swap each day in atomically.
 
     The frame is written once, partitioned by a copy of `day_column`, into a hidden staging
-    directory; each day's directory is then swapped into `partition_uri(day)` (files keep the
-    `ds` column). A day with no rows gets an empty Parquet file with the schema. Days not in
-    `days` are never touched, so a re-run replaces exactly its own days.
+    directory named by its day range; each day's directory is then swapped into
+    `partition_uri(day)` (files keep the `ds` column). A day with no rows gets an empty Parquet
+    file with the schema. Days not in `days` are never touched, so a re-run replaces exactly its
+    own days; it first removes what a crashed earlier writer of these days left in the area.
 
     Args:
         frame: rows to write, with a `YYYY-MM-DD` string column `day_column`.
@@ -138,12 +139,15 @@ def write_day_partitions(frame: DataFrame, days: Iterable[str],
         partition_uri: maps a day to its final partition path, e.g. `layout.features`.
         day_column: the column holding the day.
     """
-    from churn.storage import exists, filesystem, swap_in, temp_sibling
+    from churn.storage import exists, filesystem, remove_stale_temps, staging_dir, swap_in
 
     days = sorted(set(days))
     if not days:
         return
-    staging = temp_sibling(partition_uri(days[0]).rsplit("/", 1)[0] + "/staging")
+    area = partition_uri(days[0]).rstrip("/").rsplit("/", 1)[0]
+    names = [partition_uri(ds).rstrip("/").rsplit("/", 1)[1] for ds in days]
+    remove_stale_temps(area, names, staged_days=(days[0], days[-1]))
+    staging = staging_dir(area, days)
     staged = frame.where(frame[day_column].isin(days)).withColumn("_part", frame[day_column])
     staged.write.mode("overwrite").partitionBy("_part").parquet(to_spark_uri(staging))
     try:

@@ -3,6 +3,12 @@
 One root (`CHURN_DATA_ROOT`): a local folder or `s3://bucket/prefix`. Partitions are Hive style
 `ds=YYYY-MM-DD`. Writers never write into a live partition: they fill a temporary sibling and
 swap it in, so a reader (or a crash) sees the old partition or the new one, never half of one.
+
+Temporary names say what they belong to: `_tmp-<partition>-<uuid>` and `_old-<partition>-<uuid>`
+next to one partition, `_tmp-staging-<first>_<last>-<uuid>` for a multi-day staging directory.
+A writer killed outright (SIGKILL: no cleanup runs) leaves its temporary behind; the next writer
+of the same partition removes it first (`remove_stale_temps`), and never touches another day's
+temporaries, which may belong to a writer running right now.
 """
 
 from __future__ import annotations
@@ -10,9 +16,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
@@ -21,6 +28,13 @@ _DS_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
 TMP_MARKER = "_tmp-"
 OLD_MARKER = "_old-"
+STAGING = "staging"
+_UUID_CHARS = 12
+_UUID = rf"[0-9a-f]{{{_UUID_CHARS}}}"
+_DAY = r"\d{4}-\d{2}-\d{2}"
+_PARTITION_TEMP = re.compile(rf"^(?:{TMP_MARKER}|{OLD_MARKER})(?P<name>.+)-{_UUID}$")
+_STAGING_TEMP = re.compile(rf"^{TMP_MARKER}{STAGING}-(?P<first>{_DAY})_(?P<last>{_DAY})-{_UUID}$")
+LOG = logging.getLogger(__name__)
 
 
 def validate_ds(ds: str) -> str:
@@ -174,10 +188,64 @@ def is_ds(value: str) -> bool:
     return True
 
 
-def temp_sibling(final_uri: str) -> str:
-    """A fresh temporary path next to `final_uri`, hidden from readers by its `_` prefix."""
+def temp_sibling(final_uri: str, marker: str = TMP_MARKER) -> str:
+    """A fresh path next to `final_uri` named after it, `<marker><name>-<uuid>`, hidden from
+    readers by its `_` prefix."""
     parent, _, name = final_uri.rstrip("/").rpartition("/")
-    return f"{parent}/{TMP_MARKER}{name}-{uuid.uuid4().hex[:12]}"
+    return f"{parent}/{marker}{name}-{uuid.uuid4().hex[:_UUID_CHARS]}"
+
+
+def staging_dir(area_uri: str, days: list[str]) -> str:
+    """A fresh hidden staging directory in an area for a sorted, non-empty list of days:
+    `_tmp-staging-<first>_<last>-<uuid>` (the range lets later writers tell whose it is)."""
+    return temp_sibling(f"{area_uri.rstrip('/')}/{STAGING}-{days[0]}_{days[-1]}")
+
+
+def remove_stale_temps(area_uri: str, names: Iterable[str],
+                       staged_days: tuple[str, str] | None = None) -> list[str]:
+    """Remove what crashed writers of these partitions left in an area, and nothing else.
+
+    Call it before writing: one writer per partition at a time (Airflow runs one task instance
+    per day), so a temporary of the partitions about to be written can only be stale. Those of
+    other partitions are kept: a writer of another day may be filling them right now.
+
+    Args:
+        area_uri: the parent directory of the partitions.
+        names: the partition directory names (`ds=2024-01-03`) whose `_tmp-`/`_old-` siblings go.
+        staged_days: a day range (first, last); staging directories whose range overlaps it go.
+
+    Returns:
+        The URIs removed (each is logged).
+    """
+    names = set(names)
+
+    def stale(base_name: str) -> bool:
+        staging = _STAGING_TEMP.match(base_name)
+        if staging:
+            return staged_days is not None and (
+                staging["first"] <= staged_days[1] and staged_days[0] <= staging["last"])
+        partition = _PARTITION_TEMP.match(base_name)
+        return bool(partition) and partition["name"] in names
+
+    return _remove_children(area_uri, stale)
+
+
+def _remove_children(parent_uri: str, matches: Callable[[str], bool]) -> list[str]:
+    """Delete the files and directories directly under `parent_uri` whose name matches."""
+    fs, path = filesystem(parent_uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    removed = []
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
+        if not matches(info.base_name):
+            continue
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(info.path)
+        else:
+            fs.delete_file(info.path)
+        removed.append(f"{parent_uri.rstrip('/')}/{info.base_name}")
+        LOG.warning("removed %s, left behind by a writer that did not finish", removed[-1])
+    return removed
 
 
 def swap_in(tmp_uri: str, final_uri: str) -> None:
@@ -191,19 +259,32 @@ def swap_in(tmp_uri: str, final_uri: str) -> None:
     fs, final_path = filesystem(final_uri)
     _, tmp_path = filesystem(tmp_uri)
     if fs.get_file_info(final_path).type == pafs.FileType.NotFound:
-        fs.move(tmp_path, final_path)
+        _move_dir(fs, tmp_path, final_path)
         return
-    old_path = temp_sibling(final_path).replace(TMP_MARKER, OLD_MARKER)
-    fs.move(final_path, old_path)
-    fs.move(tmp_path, final_path)
+    old_path = temp_sibling(final_path, OLD_MARKER)
+    _move_dir(fs, final_path, old_path)
+    _move_dir(fs, tmp_path, final_path)
     fs.delete_dir(old_path)
+
+
+def _move_dir(fs: pafs.FileSystem, source: str, target: str) -> None:
+    """Move a directory: one rename locally; on S3 (no directory rename) copy each object,
+    then delete the source."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.move(source, target)
+        return
+    for info in fs.get_file_info(pafs.FileSelector(source, recursive=True)):
+        if info.type == pafs.FileType.File:
+            fs.copy_file(info.path, target + info.path[len(source):])
+    fs.delete_dir(source)
 
 
 @contextlib.contextmanager
 def atomic_partition(final_uri: str) -> Iterator[str]:
     """Write a partition atomically: yield a temp directory, swap it in on success.
 
-    On any exception the temp directory is removed and the old partition is untouched.
+    First removes the temporaries a crashed earlier writer of this partition left. On any
+    exception the temp directory is removed and the old partition is untouched.
 
     Args:
         final_uri: the partition's path, e.g. `Layout(root).features(ds)`.
@@ -211,6 +292,8 @@ def atomic_partition(final_uri: str) -> Iterator[str]:
     Yields:
         The temporary directory to write the partition's files into.
     """
+    parent, _, name = final_uri.rstrip("/").rpartition("/")
+    remove_stale_temps(parent, [name])
     tmp = temp_sibling(final_uri)
     fs, tmp_path = filesystem(tmp)
     fs.create_dir(tmp_path, recursive=True)
@@ -238,19 +321,3 @@ def read_json(uri: str) -> dict:
     fs, path = filesystem(uri)
     with fs.open_input_stream(path) as src:
         return json.loads(src.read().decode())
-
-
-def cleanup_stale_temps(area_uri: str) -> list[str]:
-    """Remove temp siblings left by crashed writers under an area; returns what was removed."""
-    fs, path = filesystem(area_uri)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return []
-    removed = []
-    for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
-        if info.base_name.startswith((TMP_MARKER, OLD_MARKER)):
-            if info.type == pafs.FileType.Directory:
-                fs.delete_dir(info.path)
-            else:
-                fs.delete_file(info.path)
-            removed.append(info.path)
-    return removed

@@ -16,17 +16,12 @@ from churn.scoring import score_frame
 from churn.spec import load_spec
 from churn.storage import Layout, read_json
 from spark_jobs import score
-from tests.support.model_fixture import ID_COLUMN, VERSION, features_frame, write_model_version
+from tests.support.model_fixture import (ID_COLUMN, VERSION, features_frame, write_features,
+                                        write_model_version)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DS = "2026-02-03"
 ROWS = 240
-
-
-def _write_features(root: Path, frame: pd.DataFrame, ds: str = DS) -> None:
-    part = Path(Layout(str(root)).features(ds))
-    part.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(part / "part-00000.parquet", index=False)
 
 
 def _read_predictions(root: Path, ds: str = DS) -> pd.DataFrame:
@@ -39,7 +34,7 @@ def scored_root(tmp_path):
     """A data root with a champion model and one features partition (plus an extra column)."""
     frame = features_frame(ROWS, DS)
     model = write_model_version(str(tmp_path), frame)
-    _write_features(tmp_path, frame.assign(unused_extra="x"))
+    write_features(tmp_path, frame.assign(unused_extra="x"), DS)
     return tmp_path, frame, model
 
 
@@ -94,7 +89,7 @@ class TestRun:
     def test_missing_feature_fails_and_writes_nothing(self, spark, spec_path, tmp_path):
         frame = features_frame(ROWS, DS)
         model = write_model_version(str(tmp_path), frame)
-        _write_features(tmp_path, frame.drop(columns=["age"]))
+        write_features(tmp_path, frame.drop(columns=["age"]), DS)
         with pytest.raises(MissingFeatureError, match="age"):
             score.run(spark, str(tmp_path), load_spec(spec_path), load_model_dir(model.version_dir), DS)
         assert not (tmp_path / "predictions").exists() or not any((tmp_path / "predictions").iterdir())
@@ -102,7 +97,7 @@ class TestRun:
 
 class TestCommandLine:
     def test_no_champion_exits_with_a_clear_message(self, spec_path, tmp_path):
-        _write_features(tmp_path, features_frame(10, DS))
+        write_features(tmp_path, features_frame(10, DS), DS)
         proc = subprocess.run(
             [sys.executable, str(REPO_ROOT / "spark_jobs" / "score.py"), "--root", str(tmp_path),
              "--spec", str(spec_path), "--ds", DS],

@@ -23,28 +23,14 @@ import pytest
 
 from churn import ingest
 from churn.generate import generate
-from churn.spec import dump_spec, load_spec
 from churn.storage import Layout, read_json
 from spark_jobs.build_features import JobArgs, run
+from tests.support.small_data import write_small_spec
 
 REPO = Path(__file__).resolve().parents[2]
-E2E_SPEC = REPO / "tests" / "e2e" / "churn_e2e.yaml"
 START, DAYS, DAY = "2024-01-01", 4, "2024-01-03"
 NEXT_DAY, PREVIOUS_DAY = "2024-01-04", "2024-01-02"
 LENIENT = 0.5  # reject-rate limit of the quarantine cases (the spec's own is 1%)
-
-
-def write_spec(folder: Path, name: str, events: dict | None = None,
-               customers: dict | None = None) -> str:
-    """The e2e spec with windows (2, 3) and a 2-day horizon, plus updates; returns its path."""
-    spec = load_spec(E2E_SPEC)
-    spec = spec.model_copy(update={
-        "events": spec.events.model_copy(update={"windows_days": (2, 3), **(events or {})}),
-        "customers": spec.customers.model_copy(update=customers or {}),
-        "label": spec.label.model_copy(update={"horizon_days": 2})})
-    path = folder / f"{name}.yaml"
-    path.write_text(dump_spec(spec))
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +38,9 @@ def specs(tmp_path_factory) -> dict[str, str]:
     """Spec files: `csv` (the base), `parquet` (events as Parquet), `extra_col` (names a column
     the data lacks)."""
     folder = tmp_path_factory.mktemp("specs")
-    return {"csv": write_spec(folder, "csv"),
-            "parquet": write_spec(folder, "parquet", events={"format": "parquet"}),
-            "extra_col": write_spec(folder, "extra_col",
+    return {"csv": write_small_spec(folder, "csv"),
+            "parquet": write_small_spec(folder, "parquet", events={"format": "parquet"}),
+            "extra_col": write_small_spec(folder, "extra_col",
                                     customers={"numeric": ("age", "monthly_charges", "tenure")})}
 
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -102,3 +103,11 @@ def write_model_version(root: str, frame: pd.DataFrame, *, version: str = VERSIO
     if make_champion:
         write_json_atomic(layout.champion(model_name), {"version": version})
     return TinyModel(booster, schema, version, version_dir)
+
+
+def write_features(root: str | Path, frame: pd.DataFrame, ds: str) -> str:
+    """Write `frame` as the `features/ds=<ds>` partition (one Parquet file); returns its path."""
+    part = Path(Layout(str(root)).features(ds))
+    part.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(part / "part-00000.parquet", index=False)
+    return str(part)

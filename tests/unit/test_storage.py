@@ -1,20 +1,26 @@
-"""Storage layout paths, ds validation, and atomic partition writes (including a SIGKILL)."""
+"""Storage layout paths, ds validation, atomic partition writes (including a SIGKILL) and the
+removal of what crashed writers left behind (local and on a moto S3 server)."""
 
 from __future__ import annotations
 
-import os
+import logging
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 
-from churn.storage import (Layout, atomic_partition, cleanup_stale_temps, ds_range,
-                           list_partitions, read_json, shift_ds, validate_ds, write_json_atomic)
+from churn.storage import (Layout, atomic_partition, ds_range, filesystem, list_partitions,
+                           read_json, remove_stale_temps, shift_ds, staging_dir, validate_ds,
+                           write_json_atomic)
+from tests.support.processes import child_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DS = "2026-03-01"
+OTHER_DS = "2026-03-02"
+HEX = "0123456789ab"  # the uuid part of a temporary's name
 OLD_CONTENT = b"old partition\n"
 
 
@@ -74,10 +80,11 @@ def _old_partition(root: Path) -> str:
     return uri
 
 
-def _child_env() -> dict[str, str]:
-    """The environment of a writer child: this interpreter can import tests.support and churn."""
-    paths = [str(REPO_ROOT), str(REPO_ROOT / "include"), os.environ.get("PYTHONPATH", "")]
-    return os.environ | {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+def _plant(parent: Path, name: str) -> Path:
+    """A directory `name` under `parent` holding one file, as a writer would leave it."""
+    (parent / name).mkdir(parents=True)
+    (parent / name / "part-00000.bin").write_bytes(b"in progress")
+    return parent / name
 
 
 class TestAtomicPartition:
@@ -97,13 +104,14 @@ class TestAtomicPartition:
         assert Path(uri, "part-00000.csv").read_bytes() == OLD_CONTENT
         assert sorted(p.name for p in Path(uri).parent.iterdir()) == [f"ds={DS}"]
 
-    def test_sigkill_midway_leaves_old_partition_and_no_visible_half(self, tmp_path):
+    def test_sigkill_midway_leaves_old_partition_and_the_next_writer_removes_the_temp(
+            self, tmp_path, caplog):
         uri = _old_partition(tmp_path)
         area = Layout(str(tmp_path)).area("raw", "events")
-        env = _child_env()
+        other_day = _plant(Path(area), f"_tmp-ds={OTHER_DS}-{HEX}")  # a live writer of another day
         child = subprocess.Popen(
             [sys.executable, "-m", "tests.support.writer_child", uri, "64"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO_ROOT, env=env)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO_ROOT, env=child_env())
         try:
             word, tmp = child.stdout.readline().decode().split()
             assert word == "midway"
@@ -118,17 +126,123 @@ class TestAtomicPartition:
         assert Path(uri, "part-00000.csv").read_bytes() == OLD_CONTENT
         assert [p.name for p in Path(uri).iterdir()] == ["part-00000.csv"]
         assert list_partitions(area) == [DS]
-        assert cleanup_stale_temps(area) == [tmp]
-        assert sorted(p.name for p in Path(area).iterdir()) == [f"ds={DS}"]
+        assert Path(tmp).name.startswith(f"_tmp-ds={DS}-") and Path(tmp).is_dir()
+
+        with caplog.at_level(logging.WARNING, logger="churn.storage"), \
+                atomic_partition(uri) as fresh:
+            Path(fresh, "part-00000.csv").write_bytes(b"rewritten\n")
+        assert not Path(tmp).exists()
+        assert [r.getMessage() for r in caplog.records] == [
+            f"removed {tmp}, left behind by a writer that did not finish"]
+        assert Path(uri, "part-00000.csv").read_bytes() == b"rewritten\n"
+        assert sorted(p.name for p in Path(area).iterdir()) == [other_day.name, f"ds={DS}"]
+        assert Path(other_day, "part-00000.bin").read_bytes() == b"in progress"
 
     def test_child_that_finishes_swaps_in(self, tmp_path):
         uri = _old_partition(tmp_path)
-        env = _child_env()
+        env = child_env()
         done = subprocess.run([sys.executable, "-m", "tests.support.writer_child", uri, "4"],
                               input=b"", capture_output=True, cwd=REPO_ROOT, env=env, timeout=60)
         assert done.returncode == 0, done.stderr.decode()
         assert [p.name for p in Path(uri).iterdir()] == ["part-00000.bin"]
         assert Path(uri, "part-00000.bin").stat().st_size == 4 << 20
+
+
+STAGED = ("2026-03-01", "2026-03-02")  # the day range a writer is about to write
+# Temporaries in one area: True where a writer of STAGED (partitions ds=03-01, ds=03-02) removes it.
+AREA_ENTRIES = {
+    f"_tmp-ds=2026-03-01-{HEX}": True,  # its own partition's temp
+    f"_old-ds=2026-03-02-{HEX}": True,  # its own partition's old copy, left mid-swap
+    f"_tmp-ds=2026-03-03-{HEX}": False,  # another day's: maybe a writer running now
+    f"_old-ds=2026-02-28-{HEX}": False,
+    f"_tmp-staging-2026-02-25_2026-03-01-{HEX}": True,  # staged range overlaps STAGED
+    f"_tmp-staging-2026-03-02_2026-03-09-{HEX}": True,
+    f"_tmp-staging-2026-02-20_2026-02-28-{HEX}": False,  # ends before STAGED
+    f"_tmp-staging-2026-03-03_2026-03-03-{HEX}": False,  # starts after STAGED
+    "_tmp-ds=2026-03-01-not-a-uuid": False,  # not a name our writers make
+    "ds=2026-03-01": False,  # the live partitions
+    "ds=2026-03-02": False,
+}
+
+
+class TestRemoveStaleTemps:
+    def test_removes_only_the_temps_of_the_partitions_about_to_be_written(self, tmp_path, caplog):
+        stray_file = f"_tmp-ds=2026-03-01-{'f' * 12}"
+        for name in AREA_ENTRIES:
+            _plant(tmp_path, name)
+        (tmp_path / stray_file).write_text("a temp file, not a directory")
+        with caplog.at_level(logging.WARNING, logger="churn.storage"):
+            removed = remove_stale_temps(str(tmp_path), ["ds=2026-03-01", "ds=2026-03-02"],
+                                         staged_days=STAGED)
+        stale = sorted([n for n, gone in AREA_ENTRIES.items() if gone] + [stray_file])
+        assert sorted(Path(r).name for r in removed) == stale
+        assert all(r.startswith(f"{tmp_path}/") for r in removed)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            n for n, gone in AREA_ENTRIES.items() if not gone)
+        assert len(caplog.records) == len(stale)
+
+    def test_without_a_staged_range_staging_dirs_stay(self, tmp_path):
+        staging = _plant(tmp_path, f"_tmp-staging-2026-03-01_2026-03-01-{HEX}")
+        assert remove_stale_temps(str(tmp_path), ["ds=2026-03-01"]) == []
+        assert staging.is_dir()
+
+    def test_missing_area_is_nothing_to_remove(self, tmp_path):
+        assert remove_stale_temps(str(tmp_path / "absent"), ["ds=2026-03-01"], STAGED) == []
+
+    def test_staging_dir_names_its_day_range(self):
+        name = staging_dir("/data/features/", ["2026-03-01", "2026-03-04"]).rpartition("/")[2]
+        assert name.startswith("_tmp-staging-2026-03-01_2026-03-04-")
+        assert len(name) == len("_tmp-staging-2026-03-01_2026-03-04-") + len(HEX)
+
+
+@pytest.fixture(scope="module")
+def s3_root():
+    """`s3://churn-test/root` on a real moto server, with the AWS environment pointing at it."""
+    from tests.support.moto_server import start_moto_server
+
+    server = start_moto_server()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in server.env().items():
+            patch.setenv(key, value)
+        server.client("s3").create_bucket(Bucket="churn-test")
+        yield "s3://churn-test/root"
+    server.stop()
+
+
+def _s3_names(uri: str) -> list[str]:
+    fs, path = filesystem(uri)
+    return sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(path)))
+
+
+def _s3_put(uri: str, data: bytes) -> None:
+    fs, path = filesystem(uri)
+    with fs.open_output_stream(path) as out:
+        out.write(data)
+
+
+class TestOnS3:
+    def test_atomic_partition_sweeps_its_own_temps_and_swaps_in(self, s3_root):
+        area = f"{s3_root}/features"
+        for name in (f"_tmp-ds={DS}-{HEX}", f"_old-ds={DS}-{HEX}", f"_tmp-ds={OTHER_DS}-{HEX}"):
+            _s3_put(f"{area}/{name}/part-00000.bin", b"left behind")
+        for content in (b"first", b"second"):
+            with atomic_partition(f"{area}/ds={DS}") as tmp:
+                _s3_put(f"{tmp}/part-00000.bin", content)
+        assert _s3_names(area) == [f"_tmp-ds={OTHER_DS}-{HEX}", f"ds={DS}"]
+        assert _s3_names(f"{area}/ds={DS}") == ["part-00000.bin"]
+        fs, path = filesystem(f"{area}/ds={DS}/part-00000.bin")
+        with fs.open_input_stream(path) as src:
+            assert src.read() == b"second"
+        assert list_partitions(area) == [DS]
+
+    def test_staging_ranges_are_honoured(self, s3_root):
+        area = f"{s3_root}/labels"
+        for name in AREA_ENTRIES:
+            _s3_put(f"{area}/{name}/part-00000.bin", b"x")
+        removed = remove_stale_temps(area, ["ds=2026-03-01", "ds=2026-03-02"], STAGED)
+        assert sorted(r.rpartition("/")[2] for r in removed) == sorted(
+            n for n, gone in AREA_ENTRIES.items() if gone)
+        assert _s3_names(area) == sorted(n for n, gone in AREA_ENTRIES.items() if not gone)
 
 
 class TestJson:
