@@ -14,3 +14,5 @@ export AIRFLOW__CORE__DAGS_FOLDER="$REPO_ROOT/dags"
 export AIRFLOW__CORE__PLUGINS_FOLDER="$REPO_ROOT/plugins"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-4}"
+# SQLite: wait for the write lock instead of failing with "database is locked" (see the module)
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS="${AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS:-churn_airflow.sqlite.CONNECT_ARGS}"

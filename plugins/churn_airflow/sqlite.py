@@ -1,0 +1,9 @@
+"""SQLite settings for the local, SQLite-backed Airflow (`make airflow`, `make demo`, tests).
+
+The scheduler, triggerer, API server and CLI all write the one SQLite file; with the driver's
+default 5 s busy timeout a CLI call (e.g. `airflow backfill create`) made while the scheduler holds
+the write lock on a busy machine fails with "database is locked". Waiting longer is enough.
+Used through `AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS=churn_airflow.sqlite.CONNECT_ARGS`.
+"""
+
+CONNECT_ARGS = {"timeout": 120}
