@@ -11,7 +11,7 @@ demo: setup
 	@$(RUN) bash scripts/demo.sh
 
 test: setup
-	@$(RUN) python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	@$(RUN) python -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 bench: setup
 	@$(RUN) bash scripts/bench.sh

@@ -28,7 +28,7 @@ from churn_airflow.operators.ray_job import (
     churn_runtime_env,
 )
 from churn_airflow.triggers.ray_job import RayJobTrigger
-from tests.support.ray_jobs import TaskInstanceStub, defer, wait_until
+from tests.support.ray_jobs import TaskInstanceStub, defer, job_statuses, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINTS = REPO_ROOT / "tests" / "support" / "ray_entrypoints"
@@ -107,7 +107,7 @@ def logged_lines(text: str, submission_id: str) -> list[str]:
 
 def job_ids_of(sdk_client, ti: TaskInstanceStub) -> list[str]:
     base = base_submission_id(ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
-    return sorted(j.submission_id for j in sdk_client.list_jobs() if j.submission_id.startswith(base))
+    return sorted(job_statuses(sdk_client, base))
 
 
 class TestSubmitRayJobOperatorWait:

@@ -37,6 +37,7 @@ from churn.pipeline import is_cadence_day
 from churn.spec import load_spec
 from churn.storage import Layout, list_partitions, read_json, shift_ds
 from tests.support.airflow_world import DAG_ID, E2E_SPEC, REPO_ROOT, build_world, start_standalone
+from tests.support.ray_jobs import job_statuses
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.training]
 
@@ -281,8 +282,7 @@ class TestBackfillRecovery:
         train = standalone.task_instance(recovery["ray_run"], "train")
         assert train["try_number"] == 2
         base = recovery["ray"]["submission_id"]
-        jobs = {j.submission_id: str(j.status) for j in sdk_client.list_jobs()
-                if (j.submission_id or "").startswith(base)}  # None: drivers not submitted
+        jobs = job_statuses(sdk_client, base)
         assert jobs == {base: "FAILED", f"{base}-try2": "SUCCEEDED"}
         assert not [j.submission_id for j in sdk_client.list_jobs() if j.status in ACTIVE]
         reliability_case(
@@ -308,7 +308,7 @@ class TestBackfillRecovery:
         predictions = _read_days(world.root, "predictions", BACKFILL_DAYS)
         features = recovery["bulk"]["features"]
         for ds in BACKFILL_DAYS:
-            assert predictions[ds]["customer_id"].is_unique
+            assert predictions[ds]["customer_id"].is_unique and set(predictions[ds]["ds"]) == {ds}
             assert predictions[ds]["customer_id"].tolist() == features[ds]["customer_id"].tolist()
         reliability_case(
             "after the faults and the re-runs",
@@ -328,7 +328,9 @@ class TestBackfillRecovery:
             for counts in manifest["tables"].values():
                 assert counts["rows_in"] == counts["rows_out"] + counts["rows_rejected"]
                 checked += 1
-        assert read_json(layout.manifest(RAY_DAY))["trained"] is True
+        trained = [ds for ds in BACKFILL_DAYS if read_json(layout.manifest(ds))["trained"]]
+        assert trained == [d for d in BACKFILL_DAYS if is_cadence_day(d, TRAIN_EVERY_DAYS)]
+        assert RAY_DAY in trained
         reliability_case("manifests after recovery",
                          f"{checked} table counts over {len(BACKFILL_DAYS)} manifests balance",
                          "rows_in == rows_out + rows_rejected; predictions rows == feature rows")

@@ -28,7 +28,7 @@ import pytest
 from churn_airflow.hooks.ray_job import RayJobError
 from churn_airflow.operators.ray_job import SubmitRayJobOperator, base_submission_id
 from tests.support.ray_head import RayHead, restart_ray_head, start_ray_head
-from tests.support.ray_jobs import TaskInstanceStub, run_task, wait_until
+from tests.support.ray_jobs import TaskInstanceStub, job_statuses, run_task, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINTS = REPO_ROOT / "tests" / "support" / "ray_entrypoints"
@@ -99,12 +99,6 @@ def connect(head: RayHead, monkeypatch) -> None:
     host, port = head.dashboard_url.removeprefix("http://").split(":")
     conn = {"conn_type": "http", "host": host, "port": int(port), "password": head.token}
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(conn))
-
-
-def job_statuses(client, base_id: str) -> dict[str, str]:
-    """Status of every job of the task (all tries) the cluster knows."""
-    return {j.submission_id: str(j.status) for j in client.list_jobs()
-            if j.submission_id.startswith(base_id)}
 
 
 def stop_active_jobs(client, base_id: str) -> list[str]:

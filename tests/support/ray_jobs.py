@@ -30,6 +30,13 @@ class TaskInstanceStub:
         self.xcoms[key] = value
 
 
+def job_statuses(client, prefix: str) -> dict[str, str]:
+    """`{submission_id: status}` of the submitted jobs whose id starts with `prefix` (all tries
+    of a task). Drivers that connected with `ray.init` are listed too, with no submission id."""
+    return {j.submission_id: str(j.status) for j in client.list_jobs()
+            if (j.submission_id or "").startswith(prefix)}
+
+
 def wait_until(check: Callable[[], bool], timeout_s: float = 90, what: str = "") -> None:
     """Poll `check` (bounded) until it holds."""
     stop_at = time.monotonic() + timeout_s
