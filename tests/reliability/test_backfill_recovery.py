@@ -191,7 +191,35 @@ def world(tmp_path_factory, ray_head):
 
 
 @pytest.fixture(scope="module")
-def standalone(world, tmp_path_factory):
+def bulk(world) -> dict:
+    """What the bulk pass built for the days the backfill rebuilds, read before any run starts."""
+    return {"features": _read_days(world.root, "features", BACKFILL_DAYS),
+            "labels": _read_days(world.root, "labels", LABEL_DAYS)}
+
+
+@pytest.fixture(scope="module")
+def spark_fault(world):
+    """The Spark fault injector, armed before any run starts."""
+    watcher = spark_killer(world.root, SPARK_DAY)
+    watcher.start()
+    yield watcher
+    watcher.done.set()
+
+
+@pytest.fixture(scope="module")
+def queued_backfill(world, bulk, spark_fault) -> float:
+    """The backfill's runs, queued while no Airflow process runs: with SQLite, a CLI write next
+    to a busy scheduler can fail at once with "database is locked" (a lock upgrade the busy
+    timeout cannot wait out). Returns when it was queued (monotonic seconds)."""
+    world.airflow("dags", "reserialize")
+    world.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", BACKFILL_DAYS[0],
+                  "--to-date", BACKFILL_DAYS[-1], "--max-active-runs", "2",
+                  "--dag-run-conf", world.conf())
+    return time.monotonic()
+
+
+@pytest.fixture(scope="module")
+def standalone(world, queued_backfill, tmp_path_factory):
     # 3: the backfill's 2 plus the parked latest scheduled interval (see Standalone)
     server = start_standalone(world, tmp_path_factory.mktemp("standalone") / "standalone.log",
                               max_active_runs=3)
@@ -228,22 +256,14 @@ def _failed_tasks(standalone, run_id: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def recovery(world, standalone, sdk_client) -> dict:
-    """Backfill with both faults, then clear the failed tasks and wait for the re-runs."""
-    bulk = {"features": _read_days(world.root, "features", BACKFILL_DAYS),
-            "labels": _read_days(world.root, "labels", LABEL_DAYS)}
-    spark = spark_killer(world.root, SPARK_DAY)
-    spark.start()
-    started = time.monotonic()
-    world.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", BACKFILL_DAYS[0],
-                  "--to-date", BACKFILL_DAYS[-1], "--max-active-runs", "2",
-                  "--dag-run-conf", world.conf())
+def recovery(world, bulk, spark_fault, queued_backfill, standalone, sdk_client) -> dict:
+    """Run the backfill with both faults, then clear the failed tasks and wait for the re-runs."""
     ray_run = standalone.wait_until("the backfill's runs", lambda: _backfill_runs(standalone).get(
         RAY_DAY), 300)["dag_run_id"]
     ray = ray_killer(world.root, sdk_client, ray_run)
     ray.start()
     first = _wait_all_ended(standalone)
-    for watcher in (spark, ray):
+    for watcher in (spark_fault, ray):
         watcher.done.set()
         watcher.join()
         assert watcher.error is None, watcher.error
@@ -254,8 +274,8 @@ def recovery(world, standalone, sdk_client) -> dict:
             "dry_run": False, "dag_run_id": first[ds]["dag_run_id"], "only_failed": True})
     final = _wait_all_ended(standalone)
     return {"bulk": bulk, "first": first, "failed_first": failed_first, "final": final,
-            "spark": spark.report, "ray": ray.report, "ray_run": ray_run,
-            "minutes": (time.monotonic() - started) / 60}
+            "spark": spark_fault.report, "ray": ray.report, "ray_run": ray_run,
+            "minutes": (time.monotonic() - queued_backfill) / 60}
 
 
 class TestBackfillRecovery:
