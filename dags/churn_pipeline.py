@@ -1,10 +1,13 @@
 """
 ### churn_pipeline: features → (train → gate) → score → publish, one day per run
 
-Every task works on the run's logical date `ds` (the partition key) and nothing else:
+Every task works on the run's logical date `ds` (the partition key) and nothing else. The
+schedule is a data-interval timetable: the run for day D starts once D has ended (with `@daily`
+at D+1 00:00 UTC; with `0 6 * * *` at D+1 06:00) and its logical date, `ds`, is D. A manual run
+must be given a logical date (the day to process); one without fails at its first task.
 
-1. **wait_for_raw**: waits (reschedule mode, timeout) for `raw/<table>/ds=…` of every table in the
-   dataset spec.
+1. **wait_for_raw**: waits (reschedule mode, timeout) until `raw/<table>/ds=…` of every table in
+   the dataset spec has landed: its producer's ready marker (`_SUCCESS` by default) is there.
 2. **build_features**: Spark (`spark_jobs/build_features.py`): features for `ds`, the labels that
    matured on `ds`, quarantined rows. Local `spark-submit` or an EMR step (`params.spark_mode`).
 3. **decide_training**: trains when matured labels exist *and* (forced by `params.force_retrain`,
@@ -18,9 +21,10 @@ Every task works on the run's logical date `ds` (the partition key) and nothing 
 
 Configuration: Variables `churn_data_root` (else env `CHURN_DATA_ROOT`), `churn_train_every_days`
 (else env `CHURN_TRAIN_EVERY_DAYS`, 7), `churn_min_label_days` (else env `CHURN_MIN_LABEL_DAYS`,
-1); env `CHURN_SCHEDULE` (`@daily`) and `CHURN_START_DATE`; connections `spark_default`,
-`ray_default`, `aws_default` (EMR); env `CHURN_MAX_ACTIVE_RUNS` (1) and `CHURN_TASK_RETRIES` (2).
-See README.md.
+1), `churn_ray_namespace` (else env `CHURN_RAY_NAMESPACE`, `churn`: part of every Ray submission
+id); env `CHURN_SCHEDULE` (`@daily`), `CHURN_START_DATE`, `CHURN_DATASET_SPEC` and
+`CHURN_DATASET_SPECS` (the registered specs); connections `spark_default`, `ray_default`,
+`aws_default` (EMR); env `CHURN_MAX_ACTIVE_RUNS` (1) and `CHURN_TASK_RETRIES` (2). See README.md.
 """
 
 from __future__ import annotations
@@ -29,14 +33,15 @@ import datetime as dt
 import os
 from pathlib import Path
 
-from airflow.sdk import Asset, Param, TriggerRule, dag, task
+from airflow.sdk import Asset, CronDataIntervalTimetable, Param, TriggerRule, dag, task
 
 from churn.pipeline import resolve_spec_path
+from churn_airflow.notify import failure_notifiers
 from churn_airflow.operators.ray_job import SubmitRayJobOperator, churn_runtime_env
+from churn_airflow.params import dataset_spec_param, emr_cluster_id_param
 from churn_airflow.spark import spark_job, spark_params
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SPEC = "include/datasets/synthetic.yaml"
 PREDICTIONS = Asset(name="churn_predictions", uri="x-churn://predictions", group="churn")
 
 
@@ -59,27 +64,28 @@ ROOT = setting("churn_data_root", "CHURN_DATA_ROOT", str(REPO_ROOT / "data"))
 SPEC = "{{ churn_spec(params.dataset_spec) }}"
 EVERY_DAYS = setting("churn_train_every_days", "CHURN_TRAIN_EVERY_DAYS", "7")
 MIN_LABEL_DAYS = setting("churn_min_label_days", "CHURN_MIN_LABEL_DAYS", "1")
+RAY_NAMESPACE = setting("churn_ray_namespace", "CHURN_RAY_NAMESPACE", "churn")
 TRAIN_DRIVER_CPUS = 0.5  # reserved for the train job's driver; its search plans around it
 JOB_ARGS = ["--root", ROOT, "--spec", SPEC, "--ds", "{{ ds }}"]
+MODEL_URI = "{{ ti.xcom_pull(task_ids='check_champion', key='model_uri') }}"
+SPARK_TIMEOUT = dt.timedelta(hours=3)
 
 PARAMS = {
     **spark_params(),
-    "emr_cluster_id": Param(
-        "", type="string", pattern=r"^(j-[A-Z0-9]{5,20})?$",
-        description="EMR cluster id j-… (empty: Variable churn_emr_cluster_id)"),
+    "emr_cluster_id": emr_cluster_id_param(),
     "force_retrain": Param(False, type="boolean",
                            description="train today even if training is not due"),
     "tune_trials": Param(4, type="integer", minimum=1, maximum=64,
                          description="Ray Tune trials when training"),
-    "dataset_spec": Param(DEFAULT_SPEC, type="string", minLength=1,
-                          description="dataset spec YAML (repo-relative path, absolute, or s3://)"),
+    "dataset_spec": dataset_spec_param(REPO_ROOT),
     "skip_scoring": Param(False, type="boolean", description="skip scoring for this run"),
 }
 
 
 @dag(
     dag_id="churn_pipeline",
-    schedule=os.environ.get("CHURN_SCHEDULE", "@daily"),
+    # the run for an interval starts when it ends; its logical date is the interval's start
+    schedule=CronDataIntervalTimetable(os.environ.get("CHURN_SCHEDULE", "@daily"), timezone="UTC"),
     start_date=dt.datetime.fromisoformat(os.environ.get("CHURN_START_DATE", "2025-01-01")).replace(
         tzinfo=dt.timezone.utc),
     catchup=False,
@@ -92,6 +98,7 @@ PARAMS = {
         "max_retry_delay": dt.timedelta(minutes=15),
     },
     params=PARAMS,
+    on_failure_callback=failure_notifiers(),
     user_defined_macros={"churn_env": churn_env, "churn_spec": churn_spec},
     render_template_as_native_obj=False,
     doc_md=__doc__,
@@ -103,9 +110,9 @@ def churn_pipeline():
     @task.sensor(mode="reschedule", poke_interval=300, timeout=6 * 3600,
                  exponential_backoff=True, max_wait=1800)
     def wait_for_raw(root: str, spec: str, ds: str | None = None) -> bool:
-        from churn.pipeline import missing_raw_partitions
+        from churn.pipeline import missing_raw_partitions, require_logical_date
 
-        return not missing_raw_partitions(root, spec, ds)
+        return not missing_raw_partitions(root, spec, require_logical_date(ds))
 
     @task.branch(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def decide_training(root: str, spec: str, every_days: str, min_label_days: str,
@@ -122,10 +129,11 @@ def churn_pipeline():
 
     train = SubmitRayJobOperator(
         task_id="train",
-        entrypoint=("python train.py " + " ".join(f"'{arg}'" for arg in JOB_ARGS)
-                    + f" --trials {{{{ params.tune_trials }}}} --driver-cpus {TRAIN_DRIVER_CPUS}"),
+        entrypoint=["python", "train.py", *JOB_ARGS, "--trials", "{{ params.tune_trials }}",
+                    "--driver-cpus", str(TRAIN_DRIVER_CPUS)],
         runtime_env=churn_runtime_env(REPO_ROOT),
         entrypoint_num_cpus=TRAIN_DRIVER_CPUS,
+        namespace=RAY_NAMESPACE,
         ray_conn_id="ray_default",
         deferrable=True,
         job_timeout=3 * 3600,
@@ -167,13 +175,14 @@ def churn_pipeline():
         return {"manifest": f"{root}/runs/ds={ds}/manifest.json", "scored": manifest["scored"]}
 
     raw = wait_for_raw(ROOT, SPEC)
-    features = spark_job(job="build_features", job_args=JOB_ARGS, task_id="build_features")
+    features = spark_job(job="build_features", job_args=JOB_ARGS, task_id="build_features",
+                         timeout=SPARK_TIMEOUT)
     decide = decide_training(ROOT, SPEC, EVERY_DAYS, MIN_LABEL_DAYS)
     not_training = skip_training()
     gated = gate(ROOT, SPEC, train.output)
     champion = check_champion(ROOT, SPEC)
-    score = spark_job(job="score", task_id="score", job_args=[
-        *JOB_ARGS, "--model-uri", "{{ ti.xcom_pull(task_ids='check_champion', key='model_uri') }}"])
+    score = spark_job(job="score", task_id="score", job_args=[*JOB_ARGS, "--model-uri", MODEL_URI],
+                      timeout=SPARK_TIMEOUT)
     no_score = scoring_skipped()
     published = publish(ROOT)
 

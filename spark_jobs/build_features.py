@@ -10,7 +10,8 @@ Reads the raw partitions the days need, quarantines rejected rows
 run (day L + horizon ≤ the last day: a run reads no raw day after it, and each label partition
 belongs to the run of the day it matured on). Fails
 (exit code 1, message on stderr) when a day rejects more rows than allowed, a required column is
-missing, or a needed raw partition is missing (unless `--allow-missing`).
+missing, a needed raw partition is missing (unless `--allow-missing`), or a day's partition holds
+a 0-byte file, a file written after its ready marker, or fewer rows than `ready.min_rows`.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def run(spark, args: JobArgs) -> dict:
     Raises:
         churn.ingest.IngestError: missing partition or column, or too many rejected rows.
     """
-    from churn import ingest
+    from churn import ingest, landing
     from churn.spec import load_spec
     from churn.storage import Layout, list_partitions
 
@@ -81,6 +82,7 @@ def run(spark, args: JobArgs) -> dict:
     available = {t: list_partitions(layout.area("raw", t)) for t in spec.tables}
     plan = ingest.plan_reads(spec, args.start, args.end, available)
     ingest.check_missing(plan, args.allow_missing)
+    landing.check_landed(args.root, spec, plan.feature_days)
     LOG.info("features %s..%s, labels for %d matured day(s); reading %s", args.start, args.end,
              len(plan.label_days), {t: len(d) for t, d in plan.read_days.items()})
     checked = {t: _validate_table(spark, layout, spec, t, plan) for t in spec.tables}
@@ -116,8 +118,13 @@ def _build_outputs(layout, spec, plan, checked: dict) -> list[str]:
 
 
 def _validate_table(spark, layout, spec, table: str, plan):
-    """Read and validate one table over the plan's days; log each target day's counts."""
-    from churn import ingest
+    """Read and validate one table over the plan's days; log each target day's counts.
+
+    Raises:
+        churn.landing.NotLandedError: a delivered target day has fewer rows than the spec's
+            `ready.min_rows`.
+    """
+    from churn import ingest, landing
 
     files = ingest.collect_files(layout, spec, table, plan.read_days[table])
     raw = ingest.read_raw(spark, spec, table, files)
@@ -130,6 +137,8 @@ def _validate_table(spark, layout, spec, table: str, plan):
         state = "missing" if ds not in files else ("empty" if day.rows_in == 0 else "ok")
         LOG.info("%s ds=%s: %s rows in=%d out=%d rejected=%d %s", table, ds, state, day.rows_in,
                  day.rows_out, day.rows_rejected, day.reasons or "")
+    landing.check_min_rows(spec, table, {ds: day.rows_in for ds, day in result.counts.items()
+                                         if ds in files})
     return result
 
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 
 from churn import manifest
-from churn.registry import ModelArtifact, champion_uri, load_model_dir
+from churn.registry import ModelArtifact, champion_uri, check_version_uri, load_model_dir
 from churn.scoring import SCORES_DDL, batch_scorer, check_features
 from churn.spark import build_session, to_spark_uri
 from churn.spec import load_spec
@@ -46,13 +46,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def resolve_model_uri(root: str, model_name: str, model_uri: str | None) -> str:
-    """The model directory to score with: the one given, else the champion's.
+    """The model directory to score with: the one given (a version of this registry's model),
+    else the champion's.
 
     Raises:
         NoChampionError: no URI given and the registry has no champion for `model_name`.
+        churn.registry.RegistryError: the given URI is not `<root>/models/<name>/<version>`.
     """
     if model_uri:
-        return model_uri
+        return check_version_uri(root, model_name, model_uri)
     uri = champion_uri(root, model_name)
     if uri is None:
         raise NoChampionError(f"no champion model for {model_name}")

@@ -177,10 +177,11 @@ class _Run:
             events = pa.Table.from_pandas(day.frame, preserve_index=False)
             extra = day.extra_lines
         customers = customers_table(self.names, pop, act.churners)
-        _write_partition(self.layout.raw("events", ds), events, self.names.spec.events.format,
-                         extra)
-        _write_partition(self.layout.raw("customers", ds), customers,
-                         self.names.spec.customers.format)
+        spec = self.names.spec
+        _write_partition(self.layout.raw("events", ds), events, spec.events.format, extra,
+                         marker=spec.events.ready.marker)
+        _write_partition(self.layout.raw("customers", ds), customers, spec.customers.format,
+                         marker=spec.customers.ready.marker)
         self.rows["events"] += events.num_rows
         self.rows["customers"] += customers.num_rows
         self.written.append(ds)
@@ -286,19 +287,23 @@ def _as_strings(table: pa.Table) -> pd.DataFrame:
     return table.cast(strings).to_pandas().astype(object)
 
 
-def _write_partition(uri: str, table: pa.Table, fmt: str, extra_lines: list[str] = ()) -> None:
-    """Write `table` as the only file of partition `uri`, atomically.
+def _write_partition(uri: str, table: pa.Table, fmt: str, extra_lines: list[str] = (),
+                     marker: str | None = None) -> None:
+    """Write `table` as the only file of partition `uri`, atomically, then its ready `marker`.
 
-    CSV and JSON lines files get `extra_lines` (raw text, e.g. malformed rows) at the end.
+    CSV and JSON lines files get `extra_lines` (raw text, e.g. malformed rows) at the end. The
+    marker (e.g. `_SUCCESS`) is written last, as a producer does once its day is complete.
     """
     with atomic_partition(uri) as tmp:
         fs, path = filesystem(f"{tmp}/{PART_FILE}.{fmt}")
         if fmt == "parquet":
             pq.write_table(table, path, filesystem=fs)
-            return
-        with fs.open_output_stream(path) as out:
-            (_write_csv if fmt == "csv" else _write_jsonl)(table, out)
-            out.write("".join(line + "\n" for line in extra_lines).encode())
+        else:
+            with fs.open_output_stream(path) as out:
+                (_write_csv if fmt == "csv" else _write_jsonl)(table, out)
+                out.write("".join(line + "\n" for line in extra_lines).encode())
+        if marker:
+            fs.open_output_stream(f"{path.rpartition('/')[0]}/{marker}").close()
 
 
 def _write_csv(table: pa.Table, out: pa.NativeFile) -> None:

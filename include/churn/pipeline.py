@@ -43,37 +43,48 @@ def resolve_spec_path(spec: str, repo_root: str | Path) -> str:
     return str(Path(repo_root) / spec)
 
 
+class NoLogicalDateError(ValueError):
+    """A run without a logical date: it has no day to process."""
+
+
+def require_logical_date(ds: str | None) -> str:
+    """The run's `ds`, or a clear failure for a run triggered without a logical date.
+
+    Airflow 3 lets a manual run have no logical date; such a run has no day to process, and
+    guessing one (the last finished day?) would hide a mistake in a backfill or a script.
+
+    Raises:
+        NoLogicalDateError: `ds` is None; the message says how to pick the day.
+    """
+    if ds:
+        return ds
+    raise NoLogicalDateError(
+        "this run has no logical date, so it has no day to process: trigger it with a logical "
+        "date (the day to process, e.g. 2025-03-01T00:00:00Z in the trigger form, or "
+        "`airflow dags trigger churn_pipeline --logical-date 2025-03-01`)")
+
+
 def missing_raw_partitions(root: str, spec_path: str, ds: str) -> list[str]:
     """The raw partitions of ds that have not landed yet (empty list: all there).
 
-    A partition counts as landed when its directory holds at least one visible data file
-    (names starting with `_` or `.`, such as `_SUCCESS` or temp files, do not count).
+    A partition has landed when its producer's ready marker is there (`ready.marker`, default
+    `_SUCCESS`) next to at least one data file; see `churn.landing`.
 
     Args:
         root: the data root.
-        spec_path: the dataset spec file (which tables to expect).
+        spec_path: the dataset spec file (which tables to expect, which marker).
         ds: the run's logical date.
 
     Returns:
-        The missing partitions' paths; each is logged.
+        The missing partitions' paths; each is logged with what is missing.
     """
-    import pyarrow.fs as pafs
-
+    from churn.landing import waiting_for
     from churn.spec import load_spec
-    from churn.storage import Layout, filesystem
 
-    missing = []
-    for table in load_spec(spec_path).tables:
-        uri = Layout(root).raw(table, ds)
-        fs, path = filesystem(uri)
-        infos = ([] if fs.get_file_info(path).type != pafs.FileType.Directory
-                 else fs.get_file_info(pafs.FileSelector(path, recursive=False)))
-        if not any(i.type == pafs.FileType.File and not i.base_name.startswith(("_", "."))
-                   for i in infos):
-            missing.append(uri)
-    for uri in missing:
-        log.info("waiting for raw partition %s (no data file yet)", uri)
-    return missing
+    waiting = waiting_for(root, load_spec(spec_path), ds)
+    for uri, reason in waiting.items():
+        log.info("waiting for raw partition %s: %s", uri, reason)
+    return list(waiting)
 
 
 def is_cadence_day(ds: str, every_days: int) -> bool:

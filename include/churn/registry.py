@@ -187,6 +187,32 @@ def champion_uri(root: str, model_name: str) -> str | None:
     return Layout(root).model_version(model_name, pointer["version"])
 
 
+def check_version_uri(root: str, model_name: str, uri: str) -> str:
+    """A model URI handed to a job (e.g. from XCom), checked to be a version of this registry.
+
+    Args:
+        root: the data root.
+        model_name: the spec's model name.
+        uri: the URI to check.
+
+    Returns:
+        The URI as `Layout(root).model_version(model_name, <version>)` spells it.
+
+    Raises:
+        RegistryError: the URI is not `<root>/models/<model_name>/<version>` with a valid
+            version name (another model, another root, a path with `..`, a file inside).
+    """
+    models = Layout(root).models(model_name)
+    parent, _, version = uri.rstrip("/").rpartition("/")
+    try:
+        expected = Layout(root).model_version(model_name, version)
+    except ValueError as exc:
+        raise RegistryError(f"model URI {uri!r}: invalid version name: {exc}") from exc
+    if parent != models or version in ("", ".", ".."):
+        raise RegistryError(f"model URI {uri!r} is not a version directory under {models}/")
+    return expected
+
+
 def version_id(ds: str, model_bytes: bytes) -> str:
     """A sortable, content-unique version id: `v<YYYYMMDD>-<8 hex of sha256(model)>`."""
     return f"v{validate_ds(ds).replace('-', '')}-{hashlib.sha256(model_bytes).hexdigest()[:8]}"

@@ -20,11 +20,26 @@ class SpecError(ValueError):
     """A dataset spec that cannot be used; the message names file, field and expectation."""
 
 
+class ReadySpec(BaseModel):
+    """When a raw partition has landed: its producer's ready marker, and a floor on its rows.
+
+    `marker` is a file the producer writes into `ds=…/` after its last data file (Hadoop's and
+    Spark's `_SUCCESS` by default); `null` for producers that publish a partition atomically,
+    where any visible data file means the day is complete. A partition with fewer than
+    `min_rows` rows fails its day instead of becoming a small or empty day.
+    """
+
+    model_config = _FROZEN
+    marker: str | None = Field(default="_SUCCESS", pattern=r"^[_.][A-Za-z0-9_.-]+$")
+    min_rows: int = Field(default=0, ge=0)
+
+
 class EventsSpec(BaseModel):
     """A daily interaction log: one row per event."""
 
     model_config = _FROZEN
     format: FileFormat = "csv"
+    ready: ReadySpec = ReadySpec()
     timestamp: str = Field(min_length=1)
     # How the timestamp is written: a datetime, a date `YYYY-MM-DD`, or a date `YYYYMMDD`.
     timestamp_kind: Literal["datetime", "date", "yyyymmdd"] = "datetime"
@@ -54,6 +69,7 @@ class CustomersSpec(BaseModel):
 
     model_config = _FROZEN
     format: FileFormat = "csv"
+    ready: ReadySpec = ReadySpec()
     signup: str | None = None
     categorical: tuple[str, ...] = ()
     numeric: tuple[str, ...] = ()

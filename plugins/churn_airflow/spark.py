@@ -10,8 +10,12 @@ Inside the group a branch reads `{{ params.spark_mode }}` (`local` | `emr`; defa
 * local: `spark-submit` through `SparkSubmitOperator` (connection `spark_default`, e.g.
   `local[*]`), the `churn` package zipped at run time and shipped with `--py-files`;
 * emr: upload the job script and the `churn` zip to `<code uri>/code/<digest>/` (`S3Hook`), add
-  one `spark-submit --deploy-mode cluster` step to an existing cluster (reusing a step of the same
-  name on retry) and wait for it with `EmrStepSensor`.
+  one `spark-submit --deploy-mode cluster` step to an existing cluster (a retry reuses the step
+  its try generation added; a clear adds a new one: `churn_airflow.resumable`) and wait for it
+  with `EmrStepSensor`.
+
+Every task of the group has an execution timeout (`timeout`, 3 h by default); the step sensor's
+own `timeout` is the same (its default would be 7 days).
 
 A join task (`none_failed_min_one_success`) ends the group. Nothing here reads Variables, the
 environment or the network at parse time: Jinja and the task callables do.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,9 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.python import BranchPythonOperator, PythonOperator
 from airflow.sdk import Param, TaskGroup, TriggerRule
 
+from churn_airflow.params import emr_cluster_id_param
+from churn_airflow.resumable import TryGeneration, new_token
+
 SPARK_JOBS_DIR = Path(__file__).resolve().parents[2] / "spark_jobs"
 SPARK_MODES = ("local", "emr")
 AWS_CONN_ID = "aws_default"
@@ -40,6 +48,9 @@ CLUSTER_ID_TEMPLATE = (
     "{{ params.get('emr_cluster_id') or var.value.get('churn_emr_cluster_id', '') }}")
 CODE_URI_TEMPLATE = "{{ var.value.get('churn_emr_code_uri', '') }}"
 REUSABLE_STEP_STATES = ("PENDING", "RUNNING", "COMPLETED")
+STEP_STATE_KEY = "emr_step_name"
+DEFAULT_TIMEOUT = timedelta(hours=3)
+SHORT_TASK_TIMEOUT = timedelta(minutes=15)  # branch, upload, add-step: seconds of work each
 
 
 def spark_params() -> dict[str, Param]:
@@ -51,9 +62,7 @@ def spark_params() -> dict[str, Param]:
     return {
         "spark_mode": Param(os.environ.get("CHURN_SPARK_MODE", "local"), enum=list(SPARK_MODES),
                             description="local spark-submit or a step on an EMR cluster"),
-        "emr_cluster_id": Param("", type="string",
-                                description="EMR cluster id (empty: Variable "
-                                            "churn_emr_cluster_id)"),
+        "emr_cluster_id": emr_cluster_id_param(),
     }
 
 
@@ -69,9 +78,13 @@ def resolve_mode(params: dict[str, Any]) -> str:
     return mode
 
 
-def step_name(job: str, ds: str, run_id: str) -> str:
-    """The EMR step name of one job in one DAG run: `churn-<job>-<ds>-<8 hex of run_id>`."""
-    return f"churn-{job}-{ds}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}"
+def step_name(job: str, ds: str, run_id: str, token: str) -> str:
+    """The EMR step name of one job in one try generation of a DAG run.
+
+    `churn-<job>-<ds>-<8 hex of run_id>-<token>`: the token (`churn_airflow.resumable.new_token`)
+    is new for every try generation, so a cleared task never finds the step of an earlier one.
+    """
+    return f"churn-{job}-{ds}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}-{token}"
 
 
 def emr_step(name: str, script_uri: str, py_files_uri: str, job_args: Sequence[str]) -> dict:
@@ -174,10 +187,12 @@ class ChurnSparkSubmitOperator(SparkSubmitOperator):
 
 
 class IdempotentEmrAddStepOperator(EmrAddStepsOperator):
-    """Add one job step to a cluster, or reuse the step this run already added (on retry).
+    """Add one job step to a cluster, or reuse the step this try generation already added.
 
-    The step is named by `step_name(job, ds, run_id)`; a step of that name in PENDING, RUNNING
-    or COMPLETED is reused, otherwise `EmrAddStepsOperator` adds it. Returns `[step_id]`.
+    The step's name (`step_name`) is recorded in the task state store before the step is added
+    and forgotten once the task succeeds. A retry (the worker died after adding) finds the
+    recorded name and reuses that step when it is PENDING, RUNNING or COMPLETED; a clear starts
+    a new generation and adds a new step. Returns `[step_id]`.
     """
 
     template_fields: Sequence[str] = (*EmrAddStepsOperator.template_fields, "job_args")
@@ -193,18 +208,25 @@ class IdempotentEmrAddStepOperator(EmrAddStepsOperator):
             raise ValueError("no EMR cluster id: set params.emr_cluster_id or Variable "
                              "churn_emr_cluster_id")
         code = context["ti"].xcom_pull(task_ids=self.upload_task_id)
-        name = step_name(self.job, context["ds"], context["run_id"])
-        existing = find_step(self.hook.conn, self.job_flow_id, name)
+        generation = TryGeneration(context, STEP_STATE_KEY, self.log)
+        recorded = generation.current()
+        existing = recorded and find_step(self.hook.conn, self.job_flow_id, recorded)
         if existing:
-            self.log.info("Reusing EMR step %s (%s) on %s", existing, name, self.job_flow_id)
+            self.log.info("Reusing EMR step %s (%s) of this try generation on %s", existing,
+                          recorded, self.job_flow_id)
+            generation.end()
             return [existing]
+        name = step_name(self.job, context["ds"], context["run_id"], new_token())
+        generation.begin(name)
         self.steps = [emr_step(name, code["script"], code["py_files"], self.job_args)]
-        return super().execute(context)
+        step_ids = super().execute(context)
+        generation.end()
+        return step_ids
 
 
 def spark_job(job: str, job_args: Sequence[str], task_id: str, *, poke_interval: float = 60,
-              sensor_deferrable: bool | None = None, aws_conn_id: str = AWS_CONN_ID,
-              spark_conn_id: str = SPARK_CONN_ID) -> TaskGroup:
+              timeout: timedelta = DEFAULT_TIMEOUT, sensor_deferrable: bool | None = None,
+              aws_conn_id: str = AWS_CONN_ID, spark_conn_id: str = SPARK_CONN_ID) -> TaskGroup:
     """A TaskGroup running `spark_jobs/<job>.py` locally or on EMR, chosen per run.
 
     Args:
@@ -212,6 +234,8 @@ def spark_job(job: str, job_args: Sequence[str], task_id: str, *, poke_interval:
         job_args: the job's arguments (Jinja templates, rendered per run).
         task_id: the group id.
         poke_interval: seconds between EMR step polls.
+        timeout: how long the Spark job may run: the execution timeout of `spark_submit` and
+            the step sensor's timeout (the other tasks get `SHORT_TASK_TIMEOUT`).
         sensor_deferrable: let `EmrStepSensor` wait in the triggerer instead of a worker slot
             (None: the provider's default, `[operators] default_deferrable`).
         aws_conn_id: the AWS connection (S3 upload, EMR).
@@ -221,24 +245,29 @@ def spark_job(job: str, job_args: Sequence[str], task_id: str, *, poke_interval:
         The group: branch >> (spark_submit | upload_code >> add_step >> watch_step) >> join.
     """
     with TaskGroup(group_id=task_id) as group:
+        short = {"execution_timeout": SHORT_TASK_TIMEOUT}
         branch = BranchPythonOperator(task_id="choose_mode", python_callable=choose_branch,
-                                      op_kwargs={"group_id": group.group_id})
+                                      op_kwargs={"group_id": group.group_id}, **short)
         local = ChurnSparkSubmitOperator(
             task_id="spark_submit", application=str(SPARK_JOBS_DIR / f"{job}.py"),
-            conn_id=spark_conn_id, application_args=list(job_args), name=f"churn-{job}")
+            conn_id=spark_conn_id, application_args=list(job_args), name=f"churn-{job}",
+            execution_timeout=timeout)
         upload = PythonOperator(
             task_id="upload_code", python_callable=upload_code,
-            op_kwargs={"job": job, "code_uri": CODE_URI_TEMPLATE, "aws_conn_id": aws_conn_id})
+            op_kwargs={"job": job, "code_uri": CODE_URI_TEMPLATE, "aws_conn_id": aws_conn_id},
+            **short)
         add_step = IdempotentEmrAddStepOperator(
             task_id="add_step", job=job, job_args=job_args, upload_task_id=upload.task_id,
             job_flow_id=CLUSTER_ID_TEMPLATE, aws_conn_id=aws_conn_id, deferrable=False,
-            wait_for_completion=False)
+            wait_for_completion=False, **short)
         deferrable = {} if sensor_deferrable is None else {"deferrable": sensor_deferrable}
         watch = EmrStepSensor(
             task_id="watch_step", job_flow_id=CLUSTER_ID_TEMPLATE,
             step_id=f"{{{{ ti.xcom_pull(task_ids='{add_step.task_id}')[0] }}}}",
-            aws_conn_id=aws_conn_id, poke_interval=poke_interval, **deferrable)
-        join = EmptyOperator(task_id="join", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+            aws_conn_id=aws_conn_id, poke_interval=poke_interval, timeout=timeout.total_seconds(),
+            execution_timeout=timeout, **deferrable)
+        join = EmptyOperator(task_id="join", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+                             **short)
         branch >> [local, upload]
         upload >> add_step >> watch
         [local, watch] >> join

@@ -1,14 +1,16 @@
 """Operator that runs one Ray job through the Jobs API and returns its result.
 
-Contract with the entrypoint: it prints its result as ONE JSON object on its LAST log line;
-the operator returns ``{"submission_id": ..., "status": "SUCCEEDED", "result": <that object or
-None>}`` (the task's XCom return value) and pushes the submission id as XCom ``submission_id``.
+Contract with the entrypoint: it is an argv list (no shell parses a rendered value), and it
+prints its result as ONE JSON object on its LAST log line; the operator returns
+``{"submission_id": ..., "status": "SUCCEEDED", "result": <that object or None>}`` (the task's
+XCom return value) and pushes the submission id as XCom ``submission_id``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import shlex
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
@@ -16,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, BaseOperatorLink
 from airflow.sdk.configuration import conf
 
 from churn_airflow.hooks.ray_job import (
@@ -27,20 +29,17 @@ from churn_airflow.hooks.ray_job import (
     last_lines,
     parse_result,
 )
+from churn_airflow.resumable import TryGeneration, new_token
 from churn_airflow.triggers.ray_job import JOB_NOT_FOUND, STOP_GRACE_S, RayJobTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+    from airflow.sdk.types import TaskInstanceKey
     from ray.job_submission import JobDetails
 
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
-# What makes a shell command more than one simple command (`exec` in front would change it);
-# `&` only when not part of a redirection such as `2>&1`.
-_SHELL_CONTROL = re.compile(r"[;|()`\n]|\$\(|(?<![<>])&")
-_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
-_SHELL_WORDS = frozenset({
-    "!", "{", ".", ":", "case", "cd", "eval", "exec", "exit", "export", "for", "if", "set",
-    "source", "trap", "ulimit", "umask", "unset", "until", "while"})
+_NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+STATE_KEY = "ray_submission_id"
 
 
 def churn_runtime_env(
@@ -75,51 +74,56 @@ def churn_runtime_env(
     return runtime_env
 
 
-def base_submission_id(dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
-    """The deterministic submission id of a task instance's first try.
+def submission_id(namespace: str, dag_id: str, run_id: str, task_id: str, map_index: int,
+                  token: str) -> str:
+    """The submission id of one try generation of a task instance.
 
-    Readable dag/task names plus a digest of the exact (dag, run, task, map index) tuple.
+    The deployment namespace and readable dag/task names, a digest of the exact (dag, run, task,
+    map index) tuple, and the generation's random token: two deployments, a reset metadata DB
+    or a cleared task never reuse an id, while the tries of one generation share it.
 
     Args:
+        namespace: the deployment's namespace (``[A-Za-z0-9_.-]``, at most 32 characters).
         dag_id: the DAG's id.
         run_id: the DAG run's id.
         task_id: the task's id.
         map_index: the mapped index (-1 when not mapped).
+        token: the generation's token (``churn_airflow.resumable.new_token``).
 
     Returns:
-        An id of ``[A-Za-z0-9_.-]`` characters, at most 100 long.
+        An id of ``[A-Za-z0-9_.-]`` characters, at most 128 long.
     """
     digest = hashlib.sha256(f"{dag_id}\n{run_id}\n{task_id}\n{map_index}".encode()).hexdigest()
-    readable = _UNSAFE_ID_CHARS.sub("_", f"{dag_id}-{task_id}")[:70]
-    return f"af-{readable}-{digest[:16]}"
+    readable = _UNSAFE_ID_CHARS.sub("_", f"{dag_id}-{task_id}")[:60]
+    return f"af-{namespace}-{readable}-{digest[:16]}-{token}"
 
 
-def exec_entrypoint(entrypoint: str) -> str:
-    """The entrypoint with ``exec`` in front when it is one simple command, else unchanged.
+def exec_command(argv: Sequence[str]) -> str:
+    """The shell command Ray runs for an argv list: ``exec`` and every word quoted by ``shlex``.
 
-    Ray runs the entrypoint with ``/bin/sh -c``; dash forks the command instead of replacing
-    itself, so the driver is a grandchild of the job supervisor. When the head crashes, Ray
-    (2.60) kills only the supervisor's children, the shell and its fate-sharing watcher, and the
-    driver lives on as an orphan, still running while the task's retry starts a second copy.
-    With ``exec`` the driver is the supervisor's child and dies with it.
+    Ray runs an entrypoint with ``/bin/sh -c``; quoting each rendered word means no value (a
+    param, a Variable) is ever parsed by that shell. ``exec`` makes the driver the job
+    supervisor's child instead of a grandchild behind ``sh``: when the head crashes, Ray (2.60)
+    kills only the supervisor's children, so without ``exec`` the driver would live on as an
+    orphan while the task's retry starts a second copy.
 
     Args:
-        entrypoint: the rendered shell command.
+        argv: the rendered command, e.g. ``["python", "train.py", "--ds", "2025-03-01"]``.
 
     Returns:
-        ``exec <entrypoint>``, or the entrypoint itself when it is a compound command, starts
-        with a variable assignment or a shell keyword/builtin.
+        ``exec 'python' 'train.py' …`` (words quoted only where needed).
     """
-    words = entrypoint.split()
-    if (not words or _SHELL_CONTROL.search(entrypoint.strip()) or _ASSIGNMENT.match(words[0])
-            or words[0] in _SHELL_WORDS):
-        return entrypoint
-    return f"exec {entrypoint.strip()}"
+    return f"exec {shlex.join(str(word) for word in argv)}"
 
 
-def submission_id_for_try(base_id: str, try_number: int) -> str:
-    """The submission id of a given try: the base id for try 1, ``<base>-try<n>`` after."""
-    return base_id if try_number <= 1 else f"{base_id}-try{try_number}"
+class RayJobLink(BaseOperatorLink):
+    """The Ray dashboard's page of the task's job (a button on the task in the Airflow UI)."""
+
+    name = "Ray job"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        """The dashboard URL of the job the operator submitted or re-attached to ("" if none)."""
+        return getattr(operator, "job_url", "") or ""
 
 
 def _seconds(value: timedelta | float | None) -> float | None:
@@ -130,14 +134,19 @@ def _seconds(value: timedelta | float | None) -> float | None:
 class SubmitRayJobOperator(BaseOperator):
     """Submit a Ray job, wait for it while streaming its log, and return its result.
 
-    The submission id is derived from (dag_id, run_id, task_id, map_index), so a retry finds
-    the previous try's job: a PENDING/RUNNING one is re-attached, a SUCCEEDED one is not re-run
-    (its result is returned) and a FAILED/STOPPED one is resubmitted as ``<id>-try<n>``.
+    Retries re-attach, clears recompute (see ``churn_airflow.resumable``): the submission id of
+    a try generation is kept in Airflow's task state store. A retry whose generation's job is
+    PENDING/RUNNING re-attaches to it, one whose job SUCCEEDED returns its result; once a try
+    has seen its job end, the next try (a retry after a failure, or a clear) submits a new job.
 
-    :param entrypoint: shell command of the job (templated).
+    :param entrypoint: the command as an argv list (templated); it is quoted word by word and
+        run with ``exec``, so no rendered value reaches a shell.
     :param runtime_env: Ray runtime_env, e.g. from ``churn_runtime_env`` (templated).
     :param entrypoint_num_cpus: CPUs reserved for the entrypoint process.
     :param metadata: string key/values stored with the job; Airflow ids are added (templated).
+    :param namespace: the deployment's namespace in every submission id (templated;
+        ``[A-Za-z0-9_.-]``, at most 32 characters), so deployments sharing a cluster never
+        collide.
     :param ray_conn_id: Airflow connection to the Jobs API.
     :param wait_for_completion: wait for the job to end; if False, return once submitted.
     :param deferrable: wait in the triggerer (``RayJobTrigger``) instead of the worker.
@@ -146,17 +155,19 @@ class SubmitRayJobOperator(BaseOperator):
     :param log_tail_lines: log lines quoted in the error of a failed job.
     """
 
-    template_fields: Sequence[str] = ("entrypoint", "runtime_env", "metadata")
+    template_fields: Sequence[str] = ("entrypoint", "runtime_env", "metadata", "namespace")
     template_fields_renderers = {"runtime_env": "json", "metadata": "json"}
+    operator_extra_links = (RayJobLink(),)
     ui_color = "#cfe3f7"
 
     def __init__(
         self,
         *,
-        entrypoint: str,
+        entrypoint: Sequence[str],
         runtime_env: dict[str, Any] | None = None,
         entrypoint_num_cpus: float | None = None,
         metadata: dict[str, str] | None = None,
+        namespace: str = "airflow",
         ray_conn_id: str = RayJobHook.default_conn_name,
         wait_for_completion: bool = True,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
@@ -174,10 +185,11 @@ class SubmitRayJobOperator(BaseOperator):
             poll_interval=poll_interval,
             job_timeout=_seconds(job_timeout),
         )
-        self.entrypoint = entrypoint
+        self.entrypoint = list(entrypoint)
         self.runtime_env = runtime_env
         self.entrypoint_num_cpus = entrypoint_num_cpus
         self.metadata = metadata
+        self.namespace = namespace
         self.ray_conn_id = ray_conn_id
         self.wait_for_completion = wait_for_completion
         self.deferrable = deferrable
@@ -191,18 +203,29 @@ class SubmitRayJobOperator(BaseOperator):
         """The Jobs API hook (built on first use, never in ``__init__``)."""
         return RayJobHook(ray_conn_id=self.ray_conn_id)
 
+    @property
+    def job_url(self) -> str:
+        """The Ray dashboard's page of the current job ("" before one is known)."""
+        if not self.submission_id:
+            return ""
+        return f"{self.hook.settings.address.rstrip('/')}/#/jobs/{self.submission_id}"
+
     def execute(self, context: Context) -> dict[str, Any]:
-        """Submit or re-attach the job, then wait, defer or return at once."""
-        ti = context["ti"]
-        base_id = base_submission_id(ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
-        previous = self._latest_job(base_id, ti.try_number)
+        """Re-attach to this generation's job or submit one, then wait, defer or return."""
+        generation = TryGeneration(context, STATE_KEY, self.log)
+        previous = self._generation_job(generation)
         if previous is not None and previous.status == "SUCCEEDED":
-            self.log.info("Ray job %s already SUCCEEDED: not re-running it", previous.submission_id)
-            ti.xcom_push(key="submission_id", value=previous.submission_id)
-            return self._finish(previous.submission_id, "SUCCEEDED")
-        self.submission_id = self._attach_or_submit(base_id, previous, context)
-        ti.xcom_push(key="submission_id", value=self.submission_id)
+            self.log.info("Ray job %s of this try generation already SUCCEEDED: returning its "
+                          "result", previous.submission_id)
+            self._record(context, previous.submission_id)
+            return self._finish(context, previous.submission_id, "SUCCEEDED")
+        if previous is not None and previous.status in ACTIVE_STATUSES:
+            self.log.info("Re-attaching to Ray job %s (%s)", previous.submission_id, previous.status)
+            self._record(context, previous.submission_id)
+        else:
+            self._record(context, self._submit(context, generation, previous))
         if not self.wait_for_completion:
+            generation.end()  # nobody watches the job: a clear must submit a new one
             status = str(self.hook.get_job_status(self.submission_id))
             return {"submission_id": self.submission_id, "status": status, "result": None}
         deadline = self._deadline(self.submission_id)
@@ -216,60 +239,73 @@ class SubmitRayJobOperator(BaseOperator):
                 ),
                 method_name="execute_complete",
             )
-        status, timed_out = self._wait(self.submission_id, deadline)
-        return self._finish(self.submission_id, status, timed_out=timed_out)
+        status, timed_out = self._wait(context, self.submission_id, deadline)
+        return self._finish(context, self.submission_id, status, timed_out=timed_out)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after ``RayJobTrigger``: print the rest of the log, then finish or raise."""
         self.submission_id = event["submission_id"]
         if event["job_status"] == JOB_NOT_FOUND:
+            TryGeneration(context, STATE_KEY, self.log).end()
             raise RayJobError(self._lost_job_message(self.submission_id))
         self._emit_new_lines(self.submission_id, event["log_offset"], final=True)
         if event["status"] != "success":
+            TryGeneration(context, STATE_KEY, self.log).end()
             self._raise_failed(event["submission_id"], event["job_status"], event["timed_out"])
-        return self._finish(self.submission_id, event["job_status"])
+        return self._finish(context, self.submission_id, event["job_status"])
 
     def on_kill(self) -> None:
         """Stop the job this task is waiting for (no orphan job after a kill)."""
         if self.submission_id and self.wait_for_completion:
             self.hook.stop_job(self.submission_id)
 
-    def _latest_job(self, base_id: str, try_number: int) -> JobDetails | None:
-        """The job of the latest earlier-or-current try that exists on the cluster."""
-        for number in range(max(try_number, 1), 0, -1):
-            found = self.hook.find_job(submission_id_for_try(base_id, number))
-            if found is not None:
-                return found
-        return None
+    def _generation_job(self, generation: TryGeneration) -> JobDetails | None:
+        """The job this try generation recorded, if the cluster knows it."""
+        recorded = generation.current()
+        if recorded is None:
+            return None
+        found = self.hook.find_job(recorded)
+        if found is None:
+            self.log.info("Ray job %s of this try generation was never submitted or is gone",
+                          recorded)
+        return found
 
-    def _attach_or_submit(
-        self, base_id: str, previous: JobDetails | None, context: Context
-    ) -> str:
-        """Re-attach to a PENDING/RUNNING previous job, else submit under this try's id."""
-        if previous is not None and previous.status in ACTIVE_STATUSES:
-            self.log.info("Re-attaching to Ray job %s (%s)", previous.submission_id, previous.status)
-            return previous.submission_id
-        return self._submit(base_id, previous, context)
+    def _record(self, context: Context, submission_id: str) -> None:
+        """Remember the job: on the operator (log lines, link) and as XCom ``submission_id``."""
+        self.submission_id = submission_id
+        context["ti"].xcom_push(key="submission_id", value=submission_id)
 
-    def _submit(self, base_id: str, previous: JobDetails | None, context: Context) -> str:
-        """Submit the job under the current try's id (after a FAILED/STOPPED previous try)."""
+    def _submit(self, context: Context, generation: TryGeneration,
+                previous: JobDetails | None) -> str:
+        """Submit the job under a new id, recorded in the task state store before submitting.
+
+        An id the generation recorded but the cluster never got (the worker died in between)
+        is submitted as it is; a job of this generation that ended FAILED/STOPPED is replaced.
+        """
         ti = context["ti"]
-        submission_id = submission_id_for_try(base_id, ti.try_number)
+        recorded = generation.current()
+        if recorded is not None and previous is None:
+            new_id = recorded
+        else:
+            new_id = submission_id(_checked_namespace(self.namespace), ti.dag_id, ti.run_id,
+                                   ti.task_id, ti.map_index, new_token())
+            generation.begin(new_id)
         if previous is not None:
-            if previous.submission_id == submission_id:
-                self._raise_failed(submission_id, str(previous.status), timed_out=False)
-            self.log.info("Previous Ray job %s ended %s: resubmitting as %s",
-                          previous.submission_id, previous.status, submission_id)
+            self.log.info("Ray job %s of this try generation ended %s: submitting %s",
+                          previous.submission_id, previous.status, new_id)
         airflow_ids = {
             "airflow_dag_id": ti.dag_id,
             "airflow_run_id": ti.run_id,
             "airflow_task_id": ti.task_id,
             "airflow_map_index": str(ti.map_index),
             "airflow_try_number": str(ti.try_number),
+            "airflow_namespace": self.namespace,
         }
+        command = exec_command(self.entrypoint)
+        self.log.info("Submitting Ray job %s: %s", new_id, command)
         return self.hook.submit_job(
-            entrypoint=exec_entrypoint(self.entrypoint),
-            submission_id=submission_id,
+            entrypoint=command,
+            submission_id=new_id,
             runtime_env=self.runtime_env,
             metadata={**airflow_ids, **(self.metadata or {})},
             entrypoint_num_cpus=self.entrypoint_num_cpus,
@@ -283,7 +319,8 @@ class SubmitRayJobOperator(BaseOperator):
         started = started_ms / 1000 if started_ms else time.time()
         return started + self.job_timeout
 
-    def _wait(self, submission_id: str, deadline: float | None) -> tuple[str, bool]:
+    def _wait(self, context: Context, submission_id: str,
+              deadline: float | None) -> tuple[str, bool]:
         """Poll in the worker until the job is terminal or past ``deadline``, streaming logs.
 
         The hook's reads ride out a head that is down for a while; a job the (restarted) head
@@ -295,6 +332,7 @@ class SubmitRayJobOperator(BaseOperator):
         try:
             return self._poll_until_done(submission_id, deadline)
         except RayJobNotFoundError as exc:
+            TryGeneration(context, STATE_KEY, self.log).end()
             raise RayJobError(self._lost_job_message(submission_id)) from exc
 
     def _lost_job_message(self, submission_id: str) -> str:
@@ -337,8 +375,13 @@ class SubmitRayJobOperator(BaseOperator):
             self.log.info("[ray %s] %s", submission_id, line)
         return offset
 
-    def _finish(self, submission_id: str, status: str, timed_out: bool = False) -> dict[str, Any]:
-        """The task's return value for a SUCCEEDED job; raise for any other end."""
+    def _finish(self, context: Context, submission_id: str, status: str,
+                timed_out: bool = False) -> dict[str, Any]:
+        """The task's return value for a SUCCEEDED job; raise for any other end.
+
+        Either way the task has seen the job end, so the generation forgets it.
+        """
+        TryGeneration(context, STATE_KEY, self.log).end()
         if status != "SUCCEEDED" or timed_out:
             self._raise_failed(submission_id, status, timed_out)
         result = parse_result(self.hook.get_job_logs(submission_id), submission_id)
@@ -358,9 +401,16 @@ class SubmitRayJobOperator(BaseOperator):
         )
 
 
+def _checked_namespace(namespace: str) -> str:
+    """The rendered namespace, or ValueError when it cannot be part of a submission id."""
+    if not _NAMESPACE.match(namespace):
+        raise ValueError(f"namespace must match {_NAMESPACE.pattern}, got {namespace!r}")
+    return namespace
+
+
 def _check_arguments(
     *,
-    entrypoint: str,
+    entrypoint: Sequence[str],
     entrypoint_num_cpus: float | None,
     wait_for_completion: bool,
     deferrable: bool,
@@ -368,8 +418,10 @@ def _check_arguments(
     job_timeout: float | None,
 ) -> None:
     """Raise ValueError when the operator's arguments do not fit together."""
-    if not isinstance(entrypoint, str) or not entrypoint.strip():
-        raise ValueError("entrypoint must be a non-empty shell command")
+    if isinstance(entrypoint, str) or not entrypoint or not all(
+            isinstance(word, str) for word in entrypoint):
+        raise ValueError("entrypoint must be a non-empty argv list of strings, e.g. "
+                         f"['python', 'train.py'], got {entrypoint!r}")
     if entrypoint_num_cpus is not None and entrypoint_num_cpus < 0:
         raise ValueError(f"entrypoint_num_cpus must be >= 0, got {entrypoint_num_cpus}")
     if deferrable and not wait_for_completion:
