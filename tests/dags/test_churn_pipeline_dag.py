@@ -12,6 +12,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "churn_pipeline"
 EXPECTED_PARAMS = {"spark_mode", "emr_cluster_id", "force_retrain", "tune_trials", "dataset_spec",
                    "skip_scoring"}
+HOSTILE_VALUES = ["include/datasets/synthetic.yaml'; touch /tmp/pwned; '",
+                  "$(touch /tmp/pwned)", "`touch /tmp/pwned`", "a\ntouch /tmp/pwned",
+                  "include/datasets/synthetic.yaml;id", "include/datasets/../../etc/passwd.yaml",
+                  "/etc/passwd", "s3://evil/spec.yaml", "j-ABC123XYZ;id"]
 TASK_ORDER = [("wait_for_raw", "build_features.choose_mode"),
               ("build_features.join", "decide_training"),
               ("decide_training", "train"), ("decide_training", "skip_training"),
@@ -53,7 +57,19 @@ class TestDagBag:
         assert dag.catchup is False
         assert dag.max_active_runs == 1
         assert dag.start_date == dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
-        assert dag.schedule == "@daily"
+        assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
+        assert (dag.timetable.expression, str(dag.timetable.timezone)) == ("0 0 * * *", "UTC")
+
+    def test_a_failed_day_calls_the_notifier_hook(self, dag, caplog):
+        from churn_airflow.notify import FailedDayLogNotifier
+
+        (notifier,) = dag.on_failure_callback
+        assert isinstance(notifier, FailedDayLogNotifier)
+        with caplog.at_level("ERROR", logger="churn_airflow.notify"):
+            notifier({"dag": dag, "run_id": "scheduled__2025-03-01", "ds": "2025-03-01",
+                      "reason": "task_failure"})
+        assert ("churn day failed: dag churn_pipeline run scheduled__2025-03-01 ds=2025-03-01 "
+                "reason: task_failure") in caplog.text
 
 
 class TestChurnPipelineShape:
@@ -75,11 +91,21 @@ class TestChurnPipelineShape:
         train = dag.task_dict["train"]
         assert type(train).__name__ == "SubmitRayJobOperator"
         assert train.deferrable is True
-        assert train.entrypoint.startswith("python train.py ")
-        assert "{{ ds }}" in train.entrypoint and "{{ params.tune_trials }}" in train.entrypoint
+        assert train.entrypoint[:2] == ["python", "train.py"]  # argv: no shell parses a value
+        args = dict(zip(train.entrypoint[2::2], train.entrypoint[3::2]))
+        assert args["--ds"] == "{{ ds }}" and args["--trials"] == "{{ params.tune_trials }}"
         # the search plans around the CPUs the Jobs API reserves for the driver
-        assert f"--driver-cpus {train.entrypoint_num_cpus}" in train.entrypoint
+        assert args["--driver-cpus"] == str(train.entrypoint_num_cpus)
+        assert "churn_ray_namespace" in train.namespace
         assert train.runtime_env["py_modules"] == [str(REPO_ROOT / "include" / "churn")]
+
+    def test_spark_and_emr_tasks_have_timeouts(self, dag):
+        for task in dag.tasks:
+            if task.task_id.startswith(("build_features.", "score.")):
+                assert task.execution_timeout is not None, task.task_id
+                assert task.execution_timeout <= dt.timedelta(hours=3), task.task_id
+        for group in ("build_features", "score"):
+            assert dag.task_dict[f"{group}.watch_step"].timeout == 3 * 3600  # not 7 days
 
     def test_raw_sensor_reschedules_with_timeout(self, dag):
         sensor = dag.task_dict["wait_for_raw"]
@@ -105,7 +131,9 @@ class TestParams:
 
     @pytest.mark.parametrize(("name", "value"), [
         ("spark_mode", "yarn"), ("tune_trials", 0), ("tune_trials", "many"),
-        ("emr_cluster_id", "cluster-1"), ("force_retrain", "yes"), ("dataset_spec", "")])
+        ("emr_cluster_id", "cluster-1"), ("force_retrain", "yes"), ("dataset_spec", ""),
+        *[(name, hostile) for name in ("dataset_spec", "emr_cluster_id", "spark_mode")
+          for hostile in HOSTILE_VALUES]])
     def test_rejects_invalid_values(self, dag, name, value):
         from airflow.sdk.exceptions import ParamValidationError
 
@@ -118,3 +146,44 @@ class TestParams:
         params = copy.deepcopy(dag.params)
         params.update({"spark_mode": "emr", "emr_cluster_id": "j-ABC123XYZ"})
         assert params.validate()["emr_cluster_id"] == "j-ABC123XYZ"
+
+
+class TestTimetable:
+    """Which day a run processes: the run for D starts after D has ended, and its ds is D."""
+
+    @staticmethod
+    def first_run(timetable, now: str):
+        """The run the scheduler creates when a DAG with catchup off is unpaused at `now`.
+
+        The scheduler's own timetable (the DAG's, deserialized as the scheduler does), with
+        the clock it reads pinned to `now`.
+        """
+        from unittest import mock
+
+        import pendulum
+        from airflow.serialization.decoders import decode_timetable
+        from airflow.serialization.encoders import encode_timetable
+        from airflow.timetables.base import TimeRestriction
+
+        scheduler_timetable = decode_timetable(encode_timetable(timetable))
+        with mock.patch("airflow.timetables.interval.utcnow", return_value=pendulum.parse(now)):
+            return scheduler_timetable.next_dagrun_info(
+                last_automated_data_interval=None,
+                restriction=TimeRestriction(earliest=pendulum.datetime(2025, 2, 25),
+                                            latest=None, catchup=False))
+
+    def test_daily_run_processes_the_day_that_ended(self, dag):
+        info = self.first_run(dag.timetable, "2025-03-02T09:30:00Z")
+        assert info.logical_date.isoformat() == "2025-03-01T00:00:00+00:00"  # ds = 2025-03-01
+        assert info.run_after.isoformat() == "2025-03-02T00:00:00+00:00"  # after the day ended
+
+    def test_other_crons_process_the_previous_day(self, tmp_path_factory):
+        from airflow.dag_processing.dagbag import DagBag
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow_home_cron")))
+            patch.setenv("CHURN_SCHEDULE", "0 6 * * *")
+            dag = DagBag(dag_folder=str(REPO_ROOT / "dags")).dags[DAG_ID]
+        info = self.first_run(dag.timetable, "2025-03-02T09:30:00Z")
+        assert info.run_after.isoformat() == "2025-03-02T06:00:00+00:00"
+        assert info.logical_date.date().isoformat() == "2025-03-01"  # ds: the previous day

@@ -22,11 +22,7 @@ from typing import Any
 import pytest
 
 from churn_airflow.hooks.ray_job import RayJobError, RayJobHook
-from churn_airflow.operators.ray_job import (
-    SubmitRayJobOperator,
-    base_submission_id,
-    churn_runtime_env,
-)
+from churn_airflow.operators.ray_job import SubmitRayJobOperator, churn_runtime_env
 from churn_airflow.triggers.ray_job import RayJobTrigger
 from tests.support.ray_jobs import TaskInstanceStub, defer, job_statuses, wait_until
 
@@ -35,7 +31,7 @@ ENTRYPOINTS = REPO_ROOT / "tests" / "support" / "ray_entrypoints"
 CONN_ID = "ray_test"
 DAG_ID = "ray_operator_it"
 TASK_ID = "train"
-TICKER = f"{sys.executable} ticker.py"
+TICKER = [sys.executable, "ticker.py"]
 ACTIVE = {"PENDING", "RUNNING"}
 
 
@@ -74,11 +70,11 @@ def ti(request) -> TaskInstanceStub:
     return TaskInstanceStub(dag_id=DAG_ID, run_id=f"{request.node.name}__{uuid.uuid4().hex[:8]}")
 
 
-def make_operator(ray_conn: str, args: str, **kwargs: Any) -> SubmitRayJobOperator:
+def make_operator(ray_conn: str, args: str | list[str], **kwargs: Any) -> SubmitRayJobOperator:
     """The operator running `ticker.py <args>` from the entrypoints dir, churn via py_modules."""
     return SubmitRayJobOperator(
         task_id=TASK_ID,
-        entrypoint=f"{TICKER} {args}",
+        entrypoint=[*TICKER, *(args.split() if isinstance(args, str) else args)],
         runtime_env=churn_runtime_env(REPO_ROOT, working_dir=ENTRYPOINTS),
         ray_conn_id=ray_conn,
         poll_interval=0.3,
@@ -105,17 +101,19 @@ def logged_lines(text: str, submission_id: str) -> list[str]:
     return [m.group(1) for m in map(pattern.search, text.splitlines()) if m]
 
 
-def job_ids_of(sdk_client, ti: TaskInstanceStub) -> list[str]:
-    base = base_submission_id(ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
-    return sorted(job_statuses(sdk_client, base))
+def job_ids_of(sdk_client, ti: TaskInstanceStub, namespace: str = "airflow") -> list[str]:
+    """The submission ids of every try generation of the task instance, oldest first."""
+    jobs = {j.submission_id: j.start_time or 0 for j in sdk_client.list_jobs()
+            if (j.submission_id or "").startswith(ti.prefix(namespace))}
+    return sorted(jobs, key=jobs.get)
 
 
 class TestSubmitRayJobOperatorWait:
     def test_success_returns_result_streams_logs_once(self, ray_conn, ti, sdk_client, capfd):
         op = SubmitRayJobOperator(
             task_id=TASK_ID,
-            entrypoint=f"{TICKER} --ticks 4 --interval 0.4 --model-version m-42 "
-            "--import-churn --echo-env CHURN_TEST_FLAG",
+            entrypoint=[*TICKER, "--ticks", "4", "--interval", "0.4", "--model-version", "m-42",
+                        "--import-churn", "--echo-env", "CHURN_TEST_FLAG"],
             runtime_env=churn_runtime_env(
                 REPO_ROOT, working_dir=ENTRYPOINTS, env_vars={"CHURN_TEST_FLAG": "on"}
             ),
@@ -124,10 +122,12 @@ class TestSubmitRayJobOperatorWait:
             ray_conn_id=ray_conn,
             poll_interval=0.2,
         )
-        value = op.execute({"ti": ti})
+        value = op.execute(ti.context())
 
-        sid = base_submission_id(DAG_ID, ti.run_id, TASK_ID, -1)
-        assert value["submission_id"] == sid == ti.xcoms["submission_id"]
+        sid = value["submission_id"]
+        assert sid.startswith(ti.prefix()) and sid == ti.xcoms["submission_id"]
+        assert op.job_url == f"{ray_conn_url(ray_conn)}/#/jobs/{sid}"
+        assert ti.state_store == {}  # the job ended: the next try (a clear) submits a new one
         assert value["status"] == "SUCCEEDED"
         result = value["result"]
         assert (result["model_version"], result["ticks"], result["CHURN_TEST_FLAG"]) == ("m-42", 4, "on")
@@ -153,7 +153,7 @@ class TestSubmitRayJobOperatorWait:
     def test_failing_entrypoint_raises_with_last_log_lines(self, ray_conn, ti, sdk_client):
         op = make_operator(ray_conn, "--ticks 3 --exit-code 3")
         with pytest.raises(RayJobError) as raised:
-            op.execute({"ti": ti})
+            op.execute(ti.context())
         message = str(raised.value)
         assert "status FAILED" in message
         assert "tick 2" in message and "boom: failing with exit code 3" in message
@@ -163,7 +163,7 @@ class TestSubmitRayJobOperatorWait:
         op = make_operator(ray_conn, "--ticks 600 --interval 0.5", job_timeout=4)
         started = time.monotonic()
         with pytest.raises(RayJobError, match="stopped after job_timeout=4"):
-            op.execute({"ti": ti})
+            op.execute(ti.context())
         assert time.monotonic() - started < 60
         assert job_status(sdk_client, op.submission_id) == "STOPPED"
 
@@ -173,15 +173,16 @@ class TestSubmitRayJobOperatorWait:
 
         def run() -> None:
             try:
-                op.execute({"ti": ti})
+                op.execute(ti.context())
             except BaseException as exc:  # noqa: BLE001 - handed to the test thread
                 errors.append(exc)
 
         worker = threading.Thread(target=run)
         worker.start()
-        sid = base_submission_id(DAG_ID, ti.run_id, TASK_ID, -1)
-        wait_until(lambda: sid in job_ids_of(sdk_client, ti) and
-                   "tick 1" in sdk_client.get_job_logs(sid), what="job running")
+        wait_until(lambda: job_ids_of(sdk_client, ti) and
+                   "tick 1" in sdk_client.get_job_logs(job_ids_of(sdk_client, ti)[0]),
+                   what="job running")
+        (sid,) = job_ids_of(sdk_client, ti)
         op.on_kill()
         worker.join(timeout=90)
         assert not worker.is_alive()
@@ -189,40 +190,86 @@ class TestSubmitRayJobOperatorWait:
         assert isinstance(errors[0], RayJobError) and "status STOPPED" in str(errors[0])
 
 
+HOSTILE_VALUES = ["x'; touch {canary}; '", "$(touch {canary})", "`touch {canary}`",
+                  "a\ntouch {canary}", "a; touch {canary}", "../../{canary}"]
+
+
+def ray_conn_url(conn_id: str) -> str:
+    return RayJobHook(conn_id).settings.address.rstrip("/")
+
+
+class TestSubmitRayJobOperatorArgv:
+    def test_hostile_values_reach_the_job_as_plain_words(self, ray_conn, ti, tmp_path):
+        canary = tmp_path / "canary"
+        values = [value.format(canary=canary) for value in HOSTILE_VALUES]
+        args = ["--ticks", "1", *[word for value in values for word in ("--echo-arg", value)]]
+        value = make_operator(ray_conn, args).execute(ti.context())
+        assert value["status"] == "SUCCEEDED"
+        assert value["result"]["echoed"] == values  # each arrived as one word, byte for byte
+        assert not canary.exists()  # and no shell ran any of them
+
+
 class TestSubmitRayJobOperatorRetry:
     def test_retry_reattaches_running_job(self, ray_conn, ti, sdk_client, capfd):
-        first = make_operator(ray_conn, "--ticks 8 --interval 0.5", wait_for_completion=False)
-        submitted = first.execute({"ti": ti})
-        assert submitted["status"] in ACTIVE and submitted["result"] is None
+        # try 1 submits and defers; its worker is then lost (the trigger never reports back)
+        trigger = defer(make_operator(ray_conn, "--ticks 8 --interval 0.5", deferrable=True), ti)
+        assert ti.state_store["ray_submission_id"] == trigger.submission_id
 
         ti.try_number = 2
-        second = make_operator(ray_conn, "--ticks 8 --interval 0.5")
-        value = second.execute({"ti": ti})
+        value = make_operator(ray_conn, "--ticks 8 --interval 0.5").execute(ti.context())
 
-        assert value["submission_id"] == submitted["submission_id"]
+        assert value["submission_id"] == trigger.submission_id
         assert value["status"] == "SUCCEEDED" and value["result"]["ticks"] == 8
-        assert job_ids_of(sdk_client, ti) == [submitted["submission_id"]]
+        assert job_ids_of(sdk_client, ti) == [trigger.submission_id]
         assert "Re-attaching to Ray job" in capfd.readouterr().out
 
-    def test_retry_does_not_rerun_succeeded_job(self, ray_conn, ti, sdk_client):
-        first = make_operator(ray_conn, "--ticks 1 --model-version once").execute({"ti": ti})
+    def test_retry_returns_result_of_succeeded_job_it_never_saw_end(self, ray_conn, ti,
+                                                                     sdk_client):
+        trigger = defer(make_operator(ray_conn, "--ticks 1 --model-version once",
+                                      deferrable=True), ti)
+        assert wait_terminal(sdk_client, trigger.submission_id) == "SUCCEEDED"
         ti.try_number = 2
-        again = make_operator(ray_conn, "--ticks 1 --model-version twice").execute({"ti": ti})
-        assert again == first
+        again = make_operator(ray_conn, "--ticks 1 --model-version twice").execute(ti.context())
         assert again["result"]["model_version"] == "once"
-        assert job_ids_of(sdk_client, ti) == [first["submission_id"]]
+        assert job_ids_of(sdk_client, ti) == [trigger.submission_id]
 
-    def test_retry_resubmits_failed_job_under_try_number(self, ray_conn, ti, sdk_client):
+    def test_recorded_but_never_submitted_id_is_submitted(self, ray_conn, ti, sdk_client):
+        # the worker died between recording the id and submitting it
+        recorded = ti.prefix() + "deadbeef"
+        ti.state_store["ray_submission_id"] = recorded
+        value = make_operator(ray_conn, "--ticks 1").execute(ti.context())
+        assert value["submission_id"] == recorded
+        assert job_ids_of(sdk_client, ti) == [recorded]
+
+    def test_clear_after_success_submits_a_new_job(self, ray_conn, ti, sdk_client):
+        first = make_operator(ray_conn, "--ticks 1 --model-version once").execute(ti.context())
+        ti.try_number = 2  # cleared: same task instance, same state store, next try
+        again = make_operator(ray_conn, "--ticks 1 --model-version twice").execute(ti.context())
+        assert again["result"]["model_version"] == "twice"
+        assert again["submission_id"] != first["submission_id"]
+        assert job_ids_of(sdk_client, ti) == [first["submission_id"], again["submission_id"]]
+
+    def test_retry_after_failed_job_submits_a_new_job(self, ray_conn, ti, sdk_client):
         with pytest.raises(RayJobError):
-            make_operator(ray_conn, "--ticks 1 --exit-code 2").execute({"ti": ti})
+            make_operator(ray_conn, "--ticks 1 --exit-code 2").execute(ti.context())
         ti.try_number = 2
-        value = make_operator(ray_conn, "--ticks 1 --model-version fixed").execute({"ti": ti})
+        value = make_operator(ray_conn, "--ticks 1 --model-version fixed").execute(ti.context())
 
-        base = base_submission_id(DAG_ID, ti.run_id, TASK_ID, -1)
-        assert value["submission_id"] == f"{base}-try2"
+        first, second = job_ids_of(sdk_client, ti)
+        assert value["submission_id"] == second
         assert value["result"]["model_version"] == "fixed"
-        assert job_ids_of(sdk_client, ti) == [base, f"{base}-try2"]
-        assert job_status(sdk_client, base) == "FAILED"
+        assert job_status(sdk_client, first) == "FAILED"
+
+    def test_two_namespaces_give_two_jobs(self, ray_conn, ti, sdk_client):
+        # two deployments (or a reset metadata DB) with the same dag, run and task ids
+        blue, green = TaskInstanceStub(DAG_ID, ti.run_id), TaskInstanceStub(DAG_ID, ti.run_id)
+        one = make_operator(ray_conn, "--ticks 1", namespace="blue").execute(blue.context())
+        two = make_operator(ray_conn, "--ticks 1", namespace="green").execute(green.context())
+        assert one["submission_id"].startswith("af-blue-")
+        assert two["submission_id"].startswith("af-green-")
+        assert job_ids_of(sdk_client, blue, "blue") == [one["submission_id"]]
+        assert job_ids_of(sdk_client, green, "green") == [two["submission_id"]]
+        assert sdk_client.get_job_info(two["submission_id"]).metadata["airflow_namespace"] == "green"
 
 
 async def run_with_heartbeat(trigger: RayJobTrigger) -> tuple[Any, float, int]:
@@ -260,7 +307,7 @@ class TestRayJobTrigger:
         assert payload["timed_out"] is False and payload["log_offset"] > 0
         # the loop kept turning while the trigger waited: it never blocked it
         assert beats >= 0.25 * elapsed / 0.05
-        value = op.execute_complete({"ti": ti}, payload)
+        value = op.execute_complete(ti.context(), payload)
         assert value["result"] == {"model_version": "deferred", "ticks": 6}
         # trigger lines + execute_complete's remainder = the job's log, each line once
         lines = logged_lines(capfd.readouterr().out, payload["submission_id"])
@@ -272,7 +319,7 @@ class TestRayJobTrigger:
         payload, _, _ = asyncio.run(run_with_heartbeat(defer(op, ti)))
         assert (payload["status"], payload["job_status"]) == ("error", "FAILED")
         with pytest.raises(RayJobError, match="exit code 4"):
-            op.execute_complete({"ti": ti}, payload)
+            op.execute_complete(ti.context(), payload)
 
     def test_deadline_stops_job(self, ray_conn, ti, sdk_client):
         op = make_operator(ray_conn, "--ticks 600 --interval 0.5", deferrable=True, job_timeout=4)
@@ -283,11 +330,11 @@ class TestRayJobTrigger:
             "error", "STOPPED", True)
         assert job_status(sdk_client, payload["submission_id"]) == "STOPPED"
         with pytest.raises(RayJobError, match="job_timeout"):
-            op.execute_complete({"ti": ti}, payload)
+            op.execute_complete(ti.context(), payload)
 
     def test_cancel_keeps_job_then_on_kill_stops_it(self, ray_conn, ti, sdk_client):
         hook = RayJobHook(ray_conn)
-        sid = hook.submit_job(entrypoint=f"{TICKER} --ticks 600 --interval 0.5",
+        sid = hook.submit_job(entrypoint=" ".join([*TICKER, "--ticks", "600", "--interval", "0.5"]),
                               submission_id=f"cancel-{uuid.uuid4().hex[:8]}",
                               runtime_env={"working_dir": str(ENTRYPOINTS)})
         trigger = RayJobTrigger(submission_id=sid, ray_conn_id=ray_conn, poll_interval=0.2)
@@ -326,8 +373,8 @@ DAG_FILE = textwrap.dedent('''
     def ray_operator_dag_test():
         job = SubmitRayJobOperator(
             task_id="ray_job",
-            entrypoint=os.environ["TICKER"] + " --ticks 3 --interval 0.3"
-            + " --model-version {{ ti.task_id }}-{{ ti.try_number }}",
+            entrypoint=[*json.loads(os.environ["TICKER"]), "--ticks", "3", "--interval", "0.3",
+                        "--model-version", "{{ ti.task_id }}-{{ ti.try_number }}"],
             runtime_env=churn_runtime_env(os.environ["REPO_ROOT"],
                                           working_dir=os.environ["ENTRYPOINTS"]),
             ray_conn_id="ray_test",
@@ -376,7 +423,7 @@ def test_dag_test_runs_deferrable_operator(airflow_env, ray_head, ray_conn, sdk_
     dag_file.write_text(DAG_FILE)
     result_path = tmp_path / "result.json"
     env = {**airflow_env, "AIRFLOW_CONN_RAY_TEST": os.environ["AIRFLOW_CONN_RAY_TEST"],
-           "TICKER": TICKER, "REPO_ROOT": str(REPO_ROOT), "ENTRYPOINTS": str(ENTRYPOINTS),
+           "TICKER": json.dumps(TICKER), "REPO_ROOT": str(REPO_ROOT), "ENTRYPOINTS": str(ENTRYPOINTS),
            "RESULT_PATH": str(result_path)}
     run = subprocess.run([sys.executable, str(dag_file)], env=env, capture_output=True,
                          text=True, timeout=300)
@@ -386,7 +433,7 @@ def test_dag_test_runs_deferrable_operator(airflow_env, ray_head, ray_conn, sdk_
     value = json.loads(result_path.read_text())
     assert value["status"] == "SUCCEEDED"
     assert value["result"] == {"model_version": "ray_job-1", "ticks": 3}
-    assert value["submission_id"].startswith("af-ray_operator_dag_test-ray_job-")
+    assert value["submission_id"].startswith("af-airflow-ray_operator_dag_test-ray_job-")
     assert job_status(sdk_client, value["submission_id"]) == "SUCCEEDED"
     ticks = [line for line in logged_lines(output, value["submission_id"]) if line.startswith("tick")]
     assert ticks == ["tick 0", "tick 1", "tick 2"]

@@ -2,8 +2,8 @@
 
 Each case runs try 1 of the operator on a real job (`hold.py`, which ticks until the test
 creates its release file), injects the fault while the operator waits (in the worker, or in the
-deferrable `RayJobTrigger`), then plays the retries Airflow would run: try 2 must resubmit the job
-exactly once (as `<base>-try2`) and succeed, try 3 must submit nothing and return try 2's result.
+deferrable `RayJobTrigger`), then plays the retry Airflow would run: try 1 saw its job end, so
+try 2 must submit exactly one new job of the same task instance and succeed.
 The cluster's side is checked with Ray's own `JobSubmissionClient`, the job's processes with
 psutil (by a marker on the job's command line). No job is left running and every head a test
 starts is stopped, even when it fails.
@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 from churn_airflow.hooks.ray_job import RayJobError
-from churn_airflow.operators.ray_job import SubmitRayJobOperator, base_submission_id
+from churn_airflow.operators.ray_job import SubmitRayJobOperator
 from tests.support.ray_head import RayHead, restart_ray_head, start_ray_head
 from tests.support.ray_jobs import TaskInstanceStub, job_statuses, run_task, wait_until
 
@@ -47,9 +47,9 @@ class HoldJob:
     release_file: Path
 
     @property
-    def entrypoint(self) -> str:
-        return (f"{sys.executable} hold.py --release {self.release_file} "
-                f"--marker {self.marker} --max-seconds 90")
+    def entrypoint(self) -> list[str]:
+        return [sys.executable, "hold.py", "--release", str(self.release_file),
+                "--marker", self.marker, "--max-seconds", "90"]
 
     def release(self) -> None:
         """Let every run of the job finish (with its result)."""
@@ -81,9 +81,9 @@ def ti(request) -> TaskInstanceStub:
 
 
 @pytest.fixture
-def base_id(ti) -> str:
-    """The submission id of the task's first try."""
-    return base_submission_id(ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+def prefix(ti) -> str:
+    """What the submission id of every try of the task starts with."""
+    return ti.prefix()
 
 
 def sdk_client(head: RayHead):
@@ -101,21 +101,21 @@ def connect(head: RayHead, monkeypatch) -> None:
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(conn))
 
 
-def stop_active_jobs(client, base_id: str) -> list[str]:
+def stop_active_jobs(client, prefix: str) -> list[str]:
     """Stop the task's jobs that are still PENDING/RUNNING; return their ids."""
-    active = [sid for sid, status in job_statuses(client, base_id).items() if status in ACTIVE]
+    active = [sid for sid, status in job_statuses(client, prefix).items() if status in ACTIVE]
     for submission_id in active:
         client.stop_job(submission_id)
     return active
 
 
 @pytest.fixture
-def session_cluster(ray_head, monkeypatch, base_id) -> Iterator[Any]:
+def session_cluster(ray_head, monkeypatch, prefix) -> Iterator[Any]:
     """The session's head behind `ray_faults`; afterwards none of the task's jobs may run."""
     connect(ray_head, monkeypatch)
     client = sdk_client(ray_head)
     yield client
-    assert stop_active_jobs(client, base_id) == []
+    assert stop_active_jobs(client, prefix) == []
 
 
 class RestartableHead:
@@ -131,13 +131,13 @@ class RestartableHead:
 
 
 @pytest.fixture
-def own_head(monkeypatch, base_id) -> Iterator[RestartableHead]:
+def own_head(monkeypatch, prefix) -> Iterator[RestartableHead]:
     """A restartable head behind `ray_faults`; its jobs stopped and the head stopped after."""
     head = RestartableHead()
     connect(head.current, monkeypatch)
     try:
         yield head
-        assert stop_active_jobs(sdk_client(head.current), base_id) == []
+        assert stop_active_jobs(sdk_client(head.current), prefix) == []
     finally:
         head.current.stop()
 
@@ -162,114 +162,119 @@ def is_ticking(client, submission_id: str) -> bool:
 
 
 def fault_during_first_try(op: SubmitRayJobOperator, ti: TaskInstanceStub, client, hold: HoldJob,
-                           inject: Callable[[], None]) -> BaseException | None:
-    """Run try 1 in a thread; once its job ticks, `inject` the fault; return the try's error."""
-    base_id = base_submission_id(ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+                           inject: Callable[[str], None]) -> tuple[BaseException | None, str]:
+    """Run try 1 in a thread; once its job ticks, `inject(its submission id)` the fault.
+
+    Returns:
+        (the try's error, the submission id of its job).
+    """
     with ThreadPoolExecutor(max_workers=1) as pool:
         first_try = pool.submit(run_task, op, ti)
         try:
-            wait_until(lambda: is_ticking(client, base_id), what=f"{base_id} running")
-            inject()
-            return first_try.exception(timeout=120)
+            wait_until(lambda: any(is_ticking(client, sid)
+                                   for sid in job_statuses(client, ti.prefix())),
+                       what=f"{ti.prefix()}* running")
+            (first_id,) = job_statuses(client, ti.prefix())
+            inject(first_id)
+            return first_try.exception(timeout=120), first_id
         except BaseException:
             hold.release()  # let the try end, so that the pool's shutdown does not hang
             raise
 
 
-def retry_twice(hold: HoldJob, ti: TaskInstanceStub, deferrable: bool) -> tuple[dict, dict]:
-    """Release the job, then run tries 2 and 3 with a fresh operator each (as Airflow does)."""
+def retry(hold: HoldJob, ti: TaskInstanceStub, deferrable: bool) -> dict:
+    """Release the job, then run try 2 with a fresh operator (as Airflow does)."""
     hold.release()
     ti.try_number = 2
-    second = run_task(make_operator(hold, deferrable), ti)
-    ti.try_number = 3
-    third = run_task(make_operator(hold, deferrable), ti)
-    return second, third
+    return run_task(make_operator(hold, deferrable), ti)
 
 
-def assert_resubmitted_once(second: dict, third: dict, hold: HoldJob, base_id: str) -> None:
-    """Try 2 ran `<base>-try2` to success; try 3 returned that same result."""
-    assert second["submission_id"] == f"{base_id}-try2"
+def assert_resubmitted_once(second: dict, hold: HoldJob, first_id: str) -> None:
+    """Try 2 submitted a new job of the same task instance and it succeeded."""
+    assert second["submission_id"] != first_id
+    assert second["submission_id"].startswith(first_id[:-8])
     assert second["status"] == "SUCCEEDED"
     assert second["result"]["marker"] == hold.marker
-    assert third == second
 
 
 @WAIT_PATHS
 def test_job_stopped_from_outside_fails_then_retry_resubmits_once(
-        deferrable, session_cluster, ti, base_id, hold_job, reliability_case):
+        deferrable, session_cluster, ti, prefix, hold_job, reliability_case):
     client = session_cluster
-    error = fault_during_first_try(make_operator(hold_job, deferrable), ti, client, hold_job,
-                                   inject=lambda: client.stop_job(base_id))
+    error, first_id = fault_during_first_try(make_operator(hold_job, deferrable), ti, client,
+                                             hold_job, inject=client.stop_job)
 
     assert isinstance(error, RayJobError), error
-    assert f"Ray job {base_id} ended with status STOPPED" in str(error)
-    second, third = retry_twice(hold_job, ti, deferrable)
+    assert f"Ray job {first_id} ended with status STOPPED" in str(error)
+    second = retry(hold_job, ti, deferrable)
 
-    assert_resubmitted_once(second, third, hold_job, base_id)
-    assert job_statuses(client, base_id) == {base_id: "STOPPED", f"{base_id}-try2": "SUCCEEDED"}
+    assert_resubmitted_once(second, hold_job, first_id)
+    assert job_statuses(client, prefix) == {first_id: "STOPPED",
+                                            second["submission_id"]: "SUCCEEDED"}
     reliability_case(
         f"Ray job stopped from outside (`ray job stop` / SDK stop_job) while the operator waited "
         f"({'deferrable trigger' if deferrable else 'worker'})",
-        "try 1 failed with RayJobError (status STOPPED); try 2 resubmitted <id>-try2 and "
-        "succeeded; try 3 submitted nothing and returned try 2's result",
-        "list_jobs: exactly {<id>: STOPPED, <id>-try2: SUCCEEDED}; no job left running")
+        "try 1 failed with RayJobError (status STOPPED); try 2 submitted a new job of "
+        "its task instance and succeeded",
+        "list_jobs: exactly {<id>: STOPPED, <new id>: SUCCEEDED}; no job left running")
 
 
 @WAIT_PATHS
 def test_driver_sigkilled_fails_then_retry_resubmits_once(
-        deferrable, session_cluster, ti, base_id, hold_job, reliability_case):
+        deferrable, session_cluster, ti, prefix, hold_job, reliability_case):
     client = session_cluster
 
-    def sigkill_driver() -> None:
+    def sigkill_driver(_submission_id: str) -> None:
         # `exec` in front of the entrypoint: the driver is the only process with the marker
         [driver] = hold_job.processes()
         os.kill(driver.pid, signal.SIGKILL)
 
-    error = fault_during_first_try(make_operator(hold_job, deferrable), ti, client, hold_job,
-                                   inject=sigkill_driver)
+    error, first_id = fault_during_first_try(make_operator(hold_job, deferrable), ti, client,
+                                             hold_job, inject=sigkill_driver)
 
     assert isinstance(error, RayJobError), error
-    assert f"Ray job {base_id} ended with status FAILED" in str(error)
+    assert f"Ray job {first_id} ended with status FAILED" in str(error)
     assert "exit code -9" in str(error)
-    second, third = retry_twice(hold_job, ti, deferrable)
+    second = retry(hold_job, ti, deferrable)
 
-    assert_resubmitted_once(second, third, hold_job, base_id)
-    assert job_statuses(client, base_id) == {base_id: "FAILED", f"{base_id}-try2": "SUCCEEDED"}
+    assert_resubmitted_once(second, hold_job, first_id)
+    assert job_statuses(client, prefix) == {first_id: "FAILED",
+                                            second["submission_id"]: "SUCCEEDED"}
     reliability_case(
         f"Ray job's driver process SIGKILLed (found by pid via a marker on its command line) "
         f"({'deferrable trigger' if deferrable else 'worker'})",
         "try 1 failed with RayJobError (status FAILED, exit code -9); try 2 resubmitted "
-        "<id>-try2 and succeeded; try 3 submitted nothing",
-        "list_jobs: exactly {<id>: FAILED, <id>-try2: SUCCEEDED}; no job left running")
+        "<new id> and succeeded",
+        "list_jobs: exactly {<id>: FAILED, <new id>: SUCCEEDED}; no job left running")
 
 
 @WAIT_PATHS
 def test_head_restart_fails_clearly_then_retry_resubmits_once_on_new_head(
-        deferrable, own_head, ti, base_id, hold_job, reliability_case, capfd):
+        deferrable, own_head, ti, prefix, hold_job, reliability_case, capfd):
     old_address = own_head.current.dashboard_url
-    error = fault_during_first_try(make_operator(hold_job, deferrable), ti,
-                                   sdk_client(own_head.current), hold_job,
-                                   inject=own_head.crash_and_restart)
+    error, first_id = fault_during_first_try(make_operator(hold_job, deferrable), ti,
+                                             sdk_client(own_head.current), hold_job,
+                                             inject=lambda _sid: own_head.crash_and_restart())
 
     assert isinstance(error, RayJobError), error
     assert str(error) == (
-        f"Ray job {base_id} is no longer known to the cluster at {old_address}: the head was "
+        f"Ray job {first_id} is no longer known to the cluster at {old_address}: the head was "
         "probably restarted (without GCS fault tolerance it forgets its jobs); a retry will "
         "resubmit it")
     # the operator rode out the downtime (backoff), it did not crash on the first refusal
     assert f"Ray head at {old_address} unreachable" in capfd.readouterr().out
     # the crash took the job's driver with it: nothing of try 1 keeps running
     wait_until(lambda: not hold_job.processes(), timeout_s=30, what="old job's driver to die")
-    second, third = retry_twice(hold_job, ti, deferrable)
+    second = retry(hold_job, ti, deferrable)
 
-    assert_resubmitted_once(second, third, hold_job, base_id)
-    assert job_statuses(sdk_client(own_head.current), base_id) == {
-        f"{base_id}-try2": "SUCCEEDED"}
+    assert_resubmitted_once(second, hold_job, first_id)
+    assert job_statuses(sdk_client(own_head.current), prefix) == {
+        second["submission_id"]: "SUCCEEDED"}
     reliability_case(
         f"Ray head SIGKILLed (process group) and restarted on the same ports/token while the "
         f"operator waited ({'deferrable trigger' if deferrable else 'worker'})",
         "status reads retried with backoff while the head was down; then the job was unknown: "
         "try 1 failed with 'no longer known to the cluster ... a retry will resubmit it'; "
-        "try 2 resubmitted <id>-try2 on the new head and succeeded; try 3 submitted nothing",
+        "try 2 resubmitted <new id> on the new head and succeeded",
         "no process of the old job alive (psutil); new head's list_jobs: exactly "
-        "{<id>-try2: SUCCEEDED}")
+        "{<new id>: SUCCEEDED}")

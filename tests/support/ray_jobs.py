@@ -15,9 +15,20 @@ from typing import Any
 import pytest
 
 
+class StateStoreStub(dict):
+    """Airflow's `task_state_store` of one task instance: kept across its retries and clears."""
+
+    def set(self, key: str, value: Any, *, retention: Any = None) -> None:
+        self[key] = value
+
+    def delete(self, key: str) -> None:
+        self.pop(key, None)
+
+
 @dataclass
 class TaskInstanceStub:
-    """The few task-instance attributes the operator reads, and the XComs it pushes."""
+    """The few task-instance attributes the operator reads, the XComs it pushes and its state
+    store. A retry or a clear is `try_number += 1` on the same stub, as in Airflow."""
 
     dag_id: str
     run_id: str
@@ -25,9 +36,21 @@ class TaskInstanceStub:
     map_index: int = -1
     try_number: int = 1
     xcoms: dict[str, Any] = field(default_factory=dict)
+    state_store: StateStoreStub = field(default_factory=StateStoreStub)
 
     def xcom_push(self, key: str, value: Any) -> None:
         self.xcoms[key] = value
+
+    def context(self) -> dict[str, Any]:
+        """The task context the operator gets: this instance and its state store."""
+        return {"ti": self, "task_state_store": self.state_store}
+
+    def prefix(self, namespace: str = "airflow") -> str:
+        """What every submission id of this task instance starts with."""
+        from churn_airflow.operators.ray_job import submission_prefix
+
+        return submission_prefix(namespace, self.dag_id, self.run_id, self.task_id,
+                                 self.map_index)
 
 
 def job_statuses(client, prefix: str) -> dict[str, str]:
@@ -52,7 +75,7 @@ def defer(op, ti: TaskInstanceStub):
     from airflow.sdk.module_loading import import_string
 
     with pytest.raises(TaskDeferred) as deferred:
-        op.execute({"ti": ti})
+        op.execute(ti.context())
     assert deferred.value.method_name == "execute_complete"
     classpath, kwargs = deferred.value.trigger.serialize()
     rebuilt = import_string(classpath)(**kwargs)
@@ -70,9 +93,9 @@ def run_task(op, ti: TaskInstanceStub) -> dict[str, Any]:
     from airflow.sdk.module_loading import import_string
 
     try:
-        return op.execute({"ti": ti})
+        return op.execute(ti.context())
     except TaskDeferred as deferred:
         classpath, kwargs = deferred.trigger.serialize()
         trigger = import_string(classpath)(**kwargs)
         event = asyncio.run(trigger.run().__anext__())
-        return getattr(op, deferred.method_name)({"ti": ti}, event.payload)
+        return getattr(op, deferred.method_name)(ti.context(), event.payload)

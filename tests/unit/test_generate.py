@@ -59,8 +59,13 @@ class TestLayoutAndColumns:
         for area in (layout.area("raw", "events"), layout.area("raw", "customers"),
                      layout.area("oracle")):
             assert list_partitions(area) == days
-        assert sorted(p.name for p in Path(layout.raw("events", days[5])).iterdir()) == [
-            "part-00000.csv"]
+        for table in ("events", "customers"):
+            files = {p.name: p for p in Path(layout.raw(table, days[5])).iterdir()}
+            assert sorted(files) == ["_SUCCESS", "part-00000.csv"]
+            # the ready marker is written after the data, as a producer does
+            assert files["_SUCCESS"].stat().st_mtime_ns >= files["part-00000.csv"].stat().st_mtime_ns
+        assert sorted(p.name for p in Path(layout.oracle(days[5])).iterdir()) == [
+            "part-00000.parquet"]
 
     def test_columns_follow_the_spec(self, run60):
         root, _ = run60
@@ -173,7 +178,7 @@ class TestDeterminism:
             generate(str(tmp_path / name), customers=200, start=START, days=5, seed=seed)
             sums.append(_checksums(tmp_path / name))
         assert sums[0] == sums[1]
-        assert len(sums[0]) == 16
+        assert len(sums[0]) == 26  # 16 data files and faults.json, 10 empty ready markers
         assert sums[0].keys() == sums[2].keys()
         changed = [k for k in sums[0] if sums[0][k] != sums[2][k]]
         assert len(changed) == 16   # every data file, and faults.json records the seed

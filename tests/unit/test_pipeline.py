@@ -60,29 +60,43 @@ class TestTrainingDecision:
         assert decision.reason.startswith(f"not enough matured labels: {label_days} label day(s)")
 
 
-def write_partition(uri: str) -> None:
+def deliver(uri: str, marker: bool = True) -> None:
+    """A producer's delivery of one partition: a data file, then (optionally) `_SUCCESS`."""
     import pandas as pd
 
     Path(uri).mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"customer_id": ["a", "b"], "ds": [DS, DS]}).to_parquet(f"{uri}/part-0.parquet")
+    if marker:
+        Path(uri, "_SUCCESS").write_text("")
 
 
 class TestRawSensorCheck:
-    def test_lists_missing_tables(self, tmp_path):
+    def test_waits_for_every_table_and_logs_what_is_missing(self, tmp_path, caplog):
         layout = Layout(str(tmp_path))
-        write_partition(layout.raw("events", DS))
-        assert pipeline.missing_raw_partitions(str(tmp_path), SPEC, DS) == [
-            layout.raw("customers", DS)]
+        deliver(layout.raw("events", DS), marker=False)
+        with caplog.at_level("INFO", logger="churn.pipeline"):
+            missing = pipeline.missing_raw_partitions(str(tmp_path), SPEC, DS)
+        assert missing == [layout.raw("events", DS), layout.raw("customers", DS)]
+        assert (f"waiting for raw partition {layout.raw('events', DS)}: 1 data file(s) but no "
+                "_SUCCESS marker from the producer yet") in caplog.text
+        assert f"waiting for raw partition {layout.raw('customers', DS)}: no partition " \
+               "directory" in caplog.text
 
-    def test_marker_files_do_not_count(self, tmp_path):
+    def test_landed_once_each_producer_marked_its_partition(self, tmp_path):
         layout = Layout(str(tmp_path))
-        write_partition(layout.raw("events", DS))
-        Path(layout.raw("customers", DS)).mkdir(parents=True)
-        Path(layout.raw("customers", DS), "_SUCCESS").write_text("")
+        deliver(layout.raw("events", DS))
+        deliver(layout.raw("customers", DS), marker=False)
         assert pipeline.missing_raw_partitions(str(tmp_path), SPEC, DS) == [
             layout.raw("customers", DS)]
-        write_partition(layout.raw("customers", DS))
+        Path(layout.raw("customers", DS), "_SUCCESS").write_text("")
         assert pipeline.missing_raw_partitions(str(tmp_path), SPEC, DS) == []
+
+
+class TestLogicalDate:
+    def test_a_run_without_a_logical_date_is_told_to_pick_the_day(self):
+        with pytest.raises(pipeline.NoLogicalDateError, match="trigger it with a logical date"):
+            pipeline.require_logical_date(None)
+        assert pipeline.require_logical_date(DS) == DS
 
 
 class TestDecideAndScoreSteps:
@@ -116,7 +130,7 @@ class TestPublishManifest:
         write_json_atomic(layout.run_fragment(DS, "train"), {"version": "stale-from-earlier-run"})
         pipeline._write_fragment(root, DS, "decide", {"train": False, "reason": "not due"})
         pipeline._write_fragment(root, DS, "score", {"skipped": False, "model_version": "v1"})
-        write_partition(layout.predictions(DS))
+        deliver(layout.predictions(DS), marker=False)
 
         manifest = pipeline.publish_manifest(root, DS, run=self.RUN, repo_root=str(REPO_ROOT))
 

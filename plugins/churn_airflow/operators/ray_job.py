@@ -74,13 +74,12 @@ def churn_runtime_env(
     return runtime_env
 
 
-def submission_id(namespace: str, dag_id: str, run_id: str, task_id: str, map_index: int,
-                  token: str) -> str:
-    """The submission id of one try generation of a task instance.
+def submission_prefix(namespace: str, dag_id: str, run_id: str, task_id: str,
+                      map_index: int) -> str:
+    """What every submission id of a task instance starts with, in every try generation.
 
-    The deployment namespace and readable dag/task names, a digest of the exact (dag, run, task,
-    map index) tuple, and the generation's random token: two deployments, a reset metadata DB
-    or a cleared task never reuse an id, while the tries of one generation share it.
+    The deployment namespace and readable dag/task names, then a digest of the exact (dag, run,
+    task, map index) tuple.
 
     Args:
         namespace: the deployment's namespace (``[A-Za-z0-9_.-]``, at most 32 characters).
@@ -88,14 +87,23 @@ def submission_id(namespace: str, dag_id: str, run_id: str, task_id: str, map_in
         run_id: the DAG run's id.
         task_id: the task's id.
         map_index: the mapped index (-1 when not mapped).
-        token: the generation's token (``churn_airflow.resumable.new_token``).
 
     Returns:
-        An id of ``[A-Za-z0-9_.-]`` characters, at most 128 long.
+        ``af-<namespace>-<dag>-<task>-<16 hex>-`` (``[A-Za-z0-9_.-]``, at most 119 long).
     """
     digest = hashlib.sha256(f"{dag_id}\n{run_id}\n{task_id}\n{map_index}".encode()).hexdigest()
     readable = _UNSAFE_ID_CHARS.sub("_", f"{dag_id}-{task_id}")[:60]
-    return f"af-{namespace}-{readable}-{digest[:16]}-{token}"
+    return f"af-{namespace}-{readable}-{digest[:16]}-"
+
+
+def submission_id(prefix: str, token: str) -> str:
+    """The submission id of one try generation: its task's prefix and the generation's token.
+
+    The token (``churn_airflow.resumable.new_token``) is new for every generation, so two
+    deployments, a reset metadata DB or a cleared task never reuse an id, while the tries of
+    one generation share it (it is kept in the task state store).
+    """
+    return f"{prefix}{token}"
 
 
 def exec_command(argv: Sequence[str]) -> str:
@@ -287,8 +295,9 @@ class SubmitRayJobOperator(BaseOperator):
         if recorded is not None and previous is None:
             new_id = recorded
         else:
-            new_id = submission_id(_checked_namespace(self.namespace), ti.dag_id, ti.run_id,
-                                   ti.task_id, ti.map_index, new_token())
+            prefix = submission_prefix(_checked_namespace(self.namespace), ti.dag_id, ti.run_id,
+                                       ti.task_id, ti.map_index)
+            new_id = submission_id(prefix, new_token())
             generation.begin(new_id)
         if previous is not None:
             self.log.info("Ray job %s of this try generation ended %s: submitting %s",

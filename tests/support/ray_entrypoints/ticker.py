@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-version", default="v-test")
     parser.add_argument("--import-churn", action="store_true")
     parser.add_argument("--echo-env", default=None, help="put this env var's value in the result")
+    parser.add_argument("--echo-arg", action="append", default=[],
+                        help="put this argument, as received, in the result (repeatable)")
     args = parser.parse_args(argv)
     for tick in range(args.ticks):
         print(f"tick {tick}", flush=True)
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         result["churn_file"] = churn.__file__
     if args.echo_env:
         result[args.echo_env] = os.environ.get(args.echo_env)
+    if args.echo_arg:
+        result["echoed"] = args.echo_arg
     print(json.dumps(result), flush=True)
     return 0
 

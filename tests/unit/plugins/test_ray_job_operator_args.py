@@ -9,17 +9,18 @@ from pathlib import Path
 import pytest
 
 from churn_airflow.operators.ray_job import (
+    RayJobLink,
     SubmitRayJobOperator,
-    base_submission_id,
     churn_runtime_env,
-    exec_entrypoint,
-    submission_id_for_try,
+    exec_command,
+    submission_id,
+    submission_prefix,
 )
 
 DAG_ID = "churn_daily"
 RUN_ID = "scheduled__2026-11-26T00:00:00+00:00"
 TASK_ID = "train_model"
-ENTRYPOINT = "python train.py --ds {{ ds }}"
+ENTRYPOINT = ["python", "train.py", "--ds", "{{ ds }}"]
 
 
 def operator(**kwargs) -> SubmitRayJobOperator:
@@ -36,10 +37,17 @@ class TestSubmitRayJobOperatorArguments:
         assert op.submission_id is None and op.deferrable is False
 
     def test_templated_fields(self):
-        assert tuple(SubmitRayJobOperator.template_fields) == ("entrypoint", "runtime_env", "metadata")
+        assert tuple(SubmitRayJobOperator.template_fields) == (
+            "entrypoint", "runtime_env", "metadata", "namespace")
+
+    def test_dashboard_link(self):
+        assert [link.name for link in SubmitRayJobOperator.operator_extra_links] == ["Ray job"]
+        assert RayJobLink().get_link(operator(), ti_key=None) == ""  # before any submission
 
     @pytest.mark.parametrize(("kwargs", "message"), [
-        ({"entrypoint": "  "}, "entrypoint"),
+        ({"entrypoint": "python train.py"}, "argv list"),  # a shell string is refused
+        ({"entrypoint": []}, "argv list"),
+        ({"entrypoint": ["python", 3]}, "argv list"),
         ({"entrypoint_num_cpus": -1}, "entrypoint_num_cpus"),
         ({"deferrable": True, "wait_for_completion": False}, "wait_for_completion"),
         ({"poll_interval": 0}, "poll_interval"),
@@ -52,28 +60,32 @@ class TestSubmitRayJobOperatorArguments:
 
 
 class TestSubmissionIds:
-    def test_deterministic_and_safe(self):
-        first = base_submission_id(DAG_ID, RUN_ID, TASK_ID, -1)
-        assert first == base_submission_id(DAG_ID, RUN_ID, TASK_ID, -1)
-        assert re.fullmatch(r"af-churn_daily-train_model-[0-9a-f]{16}", first)
+    def test_prefix_is_deterministic_and_safe(self):
+        first = submission_prefix("churn", DAG_ID, RUN_ID, TASK_ID, -1)
+        assert first == submission_prefix("churn", DAG_ID, RUN_ID, TASK_ID, -1)
+        assert re.fullmatch(r"af-churn-churn_daily-train_model-[0-9a-f]{16}-", first)
 
-    def test_each_component_changes_the_id(self):
+    def test_each_component_changes_the_prefix(self):
         ids = {
-            base_submission_id(DAG_ID, RUN_ID, TASK_ID, -1),
-            base_submission_id("other", RUN_ID, TASK_ID, -1),
-            base_submission_id(DAG_ID, "manual__2026-11-26", TASK_ID, -1),
-            base_submission_id(DAG_ID, RUN_ID, "score", -1),
-            base_submission_id(DAG_ID, RUN_ID, TASK_ID, 0),
+            submission_prefix("churn", DAG_ID, RUN_ID, TASK_ID, -1),
+            submission_prefix("other-deployment", DAG_ID, RUN_ID, TASK_ID, -1),
+            submission_prefix("churn", "other", RUN_ID, TASK_ID, -1),
+            submission_prefix("churn", DAG_ID, "manual__2026-11-26", TASK_ID, -1),
+            submission_prefix("churn", DAG_ID, RUN_ID, "score", -1),
+            submission_prefix("churn", DAG_ID, RUN_ID, TASK_ID, 0),
         }
-        assert len(ids) == 5
+        assert len(ids) == 6
 
     def test_unsafe_characters_and_length(self):
-        got = base_submission_id("a/b c" * 40, RUN_ID, "t:1", 3)
-        assert re.fullmatch(r"[A-Za-z0-9_.-]+", got) and len(got) <= 100
+        got = submission_id(submission_prefix("n" * 32, "a/b c" * 40, RUN_ID, "t:1", 3), "ab12cd34")
+        assert re.fullmatch(r"[A-Za-z0-9_.-]+", got) and len(got) <= 128
 
-    def test_try_number_suffix(self):
-        assert submission_id_for_try("af-x", 1) == "af-x"
-        assert submission_id_for_try("af-x", 3) == "af-x-try3"
+    @pytest.mark.parametrize("namespace", ["", "a b", "x'; rm -rf /", "n" * 33, "a/b"])
+    def test_unusable_namespace_fails_the_submission(self, namespace):
+        from churn_airflow.operators.ray_job import _checked_namespace
+
+        with pytest.raises(ValueError, match="namespace must match"):
+            _checked_namespace(namespace)
 
 
 class TestChurnRuntimeEnv:
@@ -93,27 +105,19 @@ class TestChurnRuntimeEnv:
             "working_dir", "py_modules", "excludes"}
 
 
-class TestExecEntrypoint:
-    """`exec` makes the driver the job supervisor's child, so it dies with a crashed head."""
+class TestExecCommand:
+    """Every rendered word is quoted for Ray's `/bin/sh -c`; `exec` keeps the driver the
+    supervisor's child, so it dies with a crashed head."""
 
-    @pytest.mark.parametrize("entrypoint", [
-        "python train.py --ds 2026-11-26",
-        "  /usr/bin/python3 train.py 'a b' > out.log 2>&1",
-    ])
-    def test_one_simple_command_gets_exec(self, entrypoint):
-        assert exec_entrypoint(entrypoint) == f"exec {entrypoint.strip()}"
+    def test_plain_words_stay_readable(self):
+        assert exec_command(["python", "train.py", "--ds", "2026-11-26"]) == (
+            "exec python train.py --ds 2026-11-26")
 
-    @pytest.mark.parametrize("entrypoint", [
-        "cd jobs && python train.py",
-        "python a.py; python b.py",
-        "python train.py &",
-        "python gen.py | python train.py",
-        "python train.py --ds $(date)",
-        "FLAG=1 python train.py",
-        "export FLAG=1",
-        "exec python train.py",
-        "if true; then python train.py; fi",
-        "python a.py\npython b.py",
-    ])
-    def test_anything_else_is_left_alone(self, entrypoint):
-        assert exec_entrypoint(entrypoint) == entrypoint
+    @pytest.mark.parametrize("hostile", [
+        "x'; touch /tmp/pwned; '", "$(touch /tmp/pwned)", "`touch /tmp/pwned`",
+        "a\ntouch /tmp/pwned", "a; touch /tmp/pwned", "a && b", "a | b", "> /etc/passwd"])
+    def test_a_hostile_value_is_one_word_for_the_shell(self, hostile):
+        import shlex
+
+        command = exec_command(["python", "train.py", "--spec", hostile])
+        assert shlex.split(command) == ["exec", "python", "train.py", "--spec", hostile]
