@@ -110,9 +110,15 @@ def churn_pipeline():
     @task.sensor(mode="reschedule", poke_interval=300, timeout=6 * 3600,
                  exponential_backoff=True, max_wait=1800)
     def wait_for_raw(root: str, spec: str, ds: str | None = None) -> bool:
-        from churn.pipeline import missing_raw_partitions, require_logical_date
+        from airflow.sdk.exceptions import AirflowFailException
 
-        return not missing_raw_partitions(root, spec, require_logical_date(ds))
+        from churn.pipeline import NoLogicalDateError, missing_raw_partitions, require_logical_date
+
+        try:
+            day = require_logical_date(ds)
+        except NoLogicalDateError as exc:
+            raise AirflowFailException(str(exc)) from exc  # retrying cannot give it a day
+        return not missing_raw_partitions(root, spec, day)
 
     @task.branch(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def decide_training(root: str, spec: str, every_days: str, min_label_days: str,

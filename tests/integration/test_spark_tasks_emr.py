@@ -71,6 +71,31 @@ def _last_run(env: dict[str, str]) -> tuple[str, dict[str, str]]:
     return run_id, dict(rows)
 
 
+def _run_task(env: dict[str, str], run_id: str, task_id: str) -> None:
+    """Run one task of an existing run again (`airflow tasks test`)."""
+    done = subprocess.run(["airflow", "tasks", "test", DAG_ID, task_id, run_id], env=env,
+                          capture_output=True, text=True, timeout=180, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def _record_step_name(env: dict[str, str], run_id: str, name: str) -> None:
+    """Leave in the task state store what a try that died after adding its step leaves."""
+    with sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db") as db:
+        (dag_run_id,) = db.execute("SELECT id FROM dag_run WHERE dag_id = ? AND run_id = ?",
+                                   (DAG_ID, run_id)).fetchone()
+        db.execute("INSERT INTO task_state_store (dag_run_id, task_id, map_index, key, dag_id, "
+                   "run_id, value, updated_at) VALUES (?, 'score.add_step', -1, ?, ?, ?, ?, "
+                   "datetime('now'))", (dag_run_id, factory.STEP_STATE_KEY, DAG_ID, run_id,
+                                        json.dumps(name)))
+
+
+def _stored_step_name(env: dict[str, str], run_id: str) -> str | None:
+    with sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db") as db:
+        row = db.execute("SELECT value FROM task_state_store WHERE run_id = ? AND key = ?",
+                         (run_id, factory.STEP_STATE_KEY)).fetchone()
+    return json.loads(row[0]) if row else None
+
+
 @pytest.fixture()
 def cluster_id(moto) -> str:
     """A fresh EMR cluster already running one unrelated step (so ours starts PENDING)."""
@@ -116,7 +141,7 @@ class TestEmrMode:
 
         (step,) = _our_steps(moto, cluster_id)
         detail = moto.client("emr").describe_step(ClusterId=cluster_id, StepId=step["Id"])["Step"]
-        assert detail["Name"] == factory.step_name("score", DS, run_id)
+        assert detail["Name"].startswith(factory.step_name("score", DS, run_id, "")[:-1])
         assert detail["ActionOnFailure"] == "CONTINUE"
         assert detail["Config"]["Jar"] == "command-runner.jar"
         assert detail["Config"]["Args"] == [
@@ -127,12 +152,19 @@ class TestEmrMode:
         assert detail["Status"]["State"] == "COMPLETED"
         assert transitions == [(step["Id"], "RUNNING"), (step["Id"], "COMPLETED")]
 
-        # A retry of add_step in the same run reuses the step instead of adding a second one.
-        retry = subprocess.run(
-            ["airflow", "tasks", "test", DAG_ID, "score.add_step", run_id],
-            env=airflow_env, capture_output=True, text=True, timeout=180, cwd=REPO_ROOT)
-        assert retry.returncode == 0, retry.stdout[-3000:] + retry.stderr[-3000:]
-        assert [s["Id"] for s in _our_steps(moto, cluster_id)] == [step["Id"]]
+        # add_step succeeded, so it forgot its step: a clear (a re-run of the task) adds a new one
+        assert _stored_step_name(airflow_env, run_id) is None
+        _run_task(airflow_env, run_id, "score.add_step")
+        steps = _our_steps(moto, cluster_id)
+        assert len(steps) == 2 and steps[0]["Name"] != steps[1]["Name"]
+
+        # a retry after a worker lost between adding the step and succeeding finds the step name
+        # it recorded in the task state store, and reuses that step instead of adding another
+        _record_step_name(airflow_env, run_id, detail["Name"])
+        _run_task(airflow_env, run_id, "score.add_step")
+        assert sorted(s["Id"] for s in _our_steps(moto, cluster_id)) == sorted(
+            s["Id"] for s in steps)
+        assert _stored_step_name(airflow_env, run_id) is None
 
     def test_failed_step_fails_the_group(self, moto, airflow_env, cluster_id):
         conf = {"spark_mode": "emr", "emr_cluster_id": cluster_id, "root": DATA_ROOT, "spec": SPEC}
@@ -184,11 +216,15 @@ class TestEmrHelpers:
         with pytest.raises(RuntimeError, match="2 EMR steps named"):
             factory.find_step(emr, cluster_id, step["Name"])
 
-    def test_step_name_is_per_job_day_and_run(self):
-        name = factory.step_name("score", DS, "manual__2026-02-03T00:00:00+00:00")
-        assert name.startswith("churn-score-2026-02-03-") and len(name.rsplit("-", 1)[1]) == 8
-        assert name == factory.step_name("score", DS, "manual__2026-02-03T00:00:00+00:00")
-        assert name != factory.step_name("score", DS, "scheduled__2026-02-03T00:00:00+00:00")
+    def test_step_name_is_per_job_day_run_and_generation(self):
+        name = factory.step_name("score", DS, "manual__2026-02-03T00:00:00+00:00", "ab12cd34")
+        assert name.startswith("churn-score-2026-02-03-") and name.endswith("-ab12cd34")
+        assert name == factory.step_name("score", DS, "manual__2026-02-03T00:00:00+00:00",
+                                         "ab12cd34")
+        assert name != factory.step_name("score", DS, "scheduled__2026-02-03T00:00:00+00:00",
+                                         "ab12cd34")
+        assert name != factory.step_name("score", DS, "manual__2026-02-03T00:00:00+00:00",
+                                         "ef56ab78")
 
     def test_code_location(self):
         assert factory.split_s3_uri("s3://bkt/a/b/") == ("bkt", "a/b")

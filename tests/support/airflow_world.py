@@ -70,24 +70,28 @@ def airflow_env(root: Path, airflow_home: Path, ray_head, **settings: str) -> di
         "AIRFLOW_CONN_RAY_DEFAULT": json.dumps({"conn_type": "http", "host": ray_head.dashboard_url,
                                                 "password": ray_head.token}),
         "RAY_AUTH_MODE": "token",
+        # the e2e spec is one of the deployment's registered specs, and the default of a run
+        "CHURN_DATASET_SPECS": str(E2E_SPEC),
+        "CHURN_DATASET_SPEC": str(E2E_SPEC),
         **settings,
     }
 
 
-def build_world(base: Path, ray_head, *, customers: int, start: str, days: int, bulk_end: str,
-                **settings: str) -> World:
-    """Generate data, build features/labels of `start … bulk_end` in one Spark pass, migrate the
-    DB; `settings` go to the environment (see `airflow_env`)."""
+def build_world(base: Path, ray_head, *, customers: int, start: str, days: int,
+                bulk_end: str | None, **settings: str) -> World:
+    """Generate data, build features/labels of `start … bulk_end` in one Spark pass (none when
+    `bulk_end` is None), migrate the DB; `settings` go to the environment (see `airflow_env`)."""
     from churn.generate import generate
 
     root, home = base / "data", base / "airflow"
     home.mkdir(parents=True)
     generate(str(root), customers=customers, start=start, days=days, seed=7, spec=E2E_SPEC)
     world = World(root, home, airflow_env(root, home, ray_head, **settings))
-    subprocess.run([sys.executable, str(REPO_ROOT / "spark_jobs" / "build_features.py"),
-                    "--root", str(root), "--spec", str(E2E_SPEC), "--start", start,
-                    "--end", bulk_end, "--master", "local[2]"],
-                   env=world.env, check=True, capture_output=True, timeout=900)
+    if bulk_end is not None:
+        subprocess.run([sys.executable, str(REPO_ROOT / "spark_jobs" / "build_features.py"),
+                        "--root", str(root), "--spec", str(E2E_SPEC), "--start", start,
+                        "--end", bulk_end, "--master", "local[2]"],
+                       env=world.env, check=True, capture_output=True, timeout=900)
     world.airflow("db", "migrate")
     return world
 
@@ -95,7 +99,8 @@ def build_world(base: Path, ray_head, *, customers: int, start: str, days: int, 
 class Standalone:
     """A running `airflow standalone` in its own process group, with a REST v2 client."""
 
-    def __init__(self, world: World, log_path: Path, max_active_runs: int = 4):
+    def __init__(self, world: World, log_path: Path, max_active_runs: int = 4,
+                 settings: dict[str, str] | None = None):
         from tests.support.ray_head import free_port
 
         self.world = world
@@ -107,7 +112,7 @@ class Standalone:
                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
                # catchup=False still schedules the latest interval once unpaused (a day without
                # data, parked in its reschedule sensor): let our runs proceed next to it.
-               "CHURN_MAX_ACTIVE_RUNS": str(max_active_runs)}
+               "CHURN_MAX_ACTIVE_RUNS": str(max_active_runs), **(settings or {})}
         self.process = subprocess.Popen(
             [AIRFLOW, "standalone"], env=env, stdout=open(log_path, "wb"),
             stderr=subprocess.STDOUT, start_new_session=True)
@@ -131,12 +136,16 @@ class Standalone:
 
     def request(self, method: str, path: str, **kwargs):
         """A REST v2 call (JSON reply); raises on an HTTP error."""
+        reply = self.raw_request(method, path, **kwargs)
+        reply.raise_for_status()
+        return reply.json()
+
+    def raw_request(self, method: str, path: str, **kwargs):
+        """A REST v2 call; returns the `requests` response whatever its status."""
         import requests
 
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        reply = requests.request(method, self.base + path, headers=headers, timeout=30, **kwargs)
-        reply.raise_for_status()
-        return reply.json()
+        return requests.request(method, self.base + path, headers=headers, timeout=30, **kwargs)
 
     def wait_until(self, what: str, probe, timeout_s: float, interval_s: float = 2.0):
         """Poll `probe()` until it returns a truthy value (readiness with a deadline)."""
@@ -177,16 +186,24 @@ class Standalone:
     def task_instance(self, run_id: str, task_id: str) -> dict:
         return self.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}")
 
-    def runs(self, run_type: str) -> list[dict]:
-        """The DAG's runs of one type (e.g. `backfill`)."""
-        return self.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns",
-                            params={"run_type": run_type, "limit": 100})["dag_runs"]
+    def runs(self, run_type: str | None = None) -> list[dict]:
+        """The DAG's runs (of one type, e.g. `backfill`, when given)."""
+        params = {"limit": 100, **({"run_type": run_type} if run_type else {})}
+        return self.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns", params=params)["dag_runs"]
+
+    def task_log(self, run_id: str, task_id: str, try_number: int) -> str:
+        """A task try's log as written under AIRFLOW_HOME (worker part, plus the triggerer's)."""
+        log_dir = (self.world.airflow_home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}"
+                   / f"task_id={task_id}")
+        logs = sorted(log_dir.glob(f"attempt={try_number}.log*"))
+        return "\n".join(path.read_text(errors="replace") for path in logs)
 
 
 def start_standalone(world: World, log_path: Path, ready_timeout_s: float = 300,
-                     max_active_runs: int = 4) -> Standalone:
-    """`airflow standalone` on a free port, logged in, the DAG parsed and unpaused."""
-    server = Standalone(world, log_path, max_active_runs)
+                     max_active_runs: int = 4, settings: dict[str, str] | None = None) -> Standalone:
+    """`airflow standalone` on a free port, logged in, the DAG parsed and unpaused; `settings`
+    are extra environment variables of its processes."""
+    server = Standalone(world, log_path, max_active_runs, settings)
     try:
         server.wait_until("the admin password", lambda: (
             world.airflow_home / "simple_auth_manager_passwords.json.generated").exists(),
