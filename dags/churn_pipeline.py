@@ -33,13 +33,14 @@ import datetime as dt
 import os
 from pathlib import Path
 
-from airflow.sdk import Asset, CronDataIntervalTimetable, Param, TriggerRule, dag, task
+from airflow.sdk import Asset, Param, TriggerRule, dag, task
 
 from churn.pipeline import resolve_spec_path
 from churn_airflow.notify import failure_notifiers
 from churn_airflow.operators.ray_job import SubmitRayJobOperator, churn_runtime_env
 from churn_airflow.params import dataset_spec_param, emr_cluster_id_param
 from churn_airflow.spark import spark_job, spark_params
+from churn_airflow.timetables import DayIntervalTimetable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREDICTIONS = Asset(name="churn_predictions", uri="x-churn://predictions", group="churn")
@@ -84,8 +85,8 @@ PARAMS = {
 
 @dag(
     dag_id="churn_pipeline",
-    # the run for an interval starts when it ends; its logical date is the interval's start
-    schedule=CronDataIntervalTimetable(os.environ.get("CHURN_SCHEDULE", "@daily"), timezone="UTC"),
+    # the run for an interval starts when it ends; its logical date and run id name its start
+    schedule=DayIntervalTimetable(os.environ.get("CHURN_SCHEDULE", "@daily"), timezone="UTC"),
     start_date=dt.datetime.fromisoformat(os.environ.get("CHURN_START_DATE", "2025-01-01")).replace(
         tzinfo=dt.timezone.utc),
     catchup=False,

@@ -57,8 +57,8 @@ class TestDagBag:
         assert dag.catchup is False
         assert dag.max_active_runs == 1
         assert dag.start_date == dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
-        assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
-        assert (dag.timetable.expression, str(dag.timetable.timezone)) == ("0 0 * * *", "UTC")
+        assert type(dag.timetable).__name__ == "DayIntervalTimetable"  # a data-interval timetable
+        assert (dag.timetable._expression, dag.timetable._timezone.name) == ("0 0 * * *", "UTC")
 
     def test_a_failed_day_calls_the_notifier_hook(self, dag, caplog):
         from churn_airflow.notify import FailedDayLogNotifier
@@ -176,6 +176,15 @@ class TestTimetable:
         info = self.first_run(dag.timetable, "2025-03-02T09:30:00Z")
         assert info.logical_date.isoformat() == "2025-03-01T00:00:00+00:00"  # ds = 2025-03-01
         assert info.run_after.isoformat() == "2025-03-02T00:00:00+00:00"  # after the day ended
+
+    def test_run_id_names_the_day_processed(self, dag):
+        from airflow.utils.types import DagRunType
+
+        info = self.first_run(dag.timetable, "2025-03-02T09:30:00Z")
+        run_id = dag.timetable.generate_run_id(run_type=DagRunType.SCHEDULED,
+                                               run_after=info.run_after,
+                                               data_interval=info.data_interval)
+        assert run_id == "scheduled__2025-03-01T00:00:00+00:00"
 
     def test_other_crons_process_the_previous_day(self, tmp_path_factory):
         from airflow.dag_processing.dagbag import DagBag

@@ -99,6 +99,8 @@ class TestRangeVersusDay:
         later = next((Path(root) / "raw" / "events" / f"ds={shift_ds(day, 1)}").glob("*.csv"))
         with later.open("a") as out:  # valid rows of a later day
             out.writelines(f"{someone},{shift_ds(day, 1)} 10:0{i}:00,login,\n" for i in range(5))
+        for path in (own, later):  # the producer re-delivered both days and marked them again
+            (path.parent / "_SUCCESS").touch()
         summary = build(spark, root, small_spec, "2024-01-15", day)
         for ds, frame in before.items():
             pd.testing.assert_frame_equal(read_partition(root, "features", ds), frame)

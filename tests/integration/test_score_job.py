@@ -107,7 +107,22 @@ class TestCommandLine:
         assert not (tmp_path / "predictions").exists()
 
     def test_model_uri_overrides_the_champion(self, tmp_path):
-        assert score.resolve_model_uri(str(tmp_path), "churn_xgb", "/x/models/m/v1") == "/x/models/m/v1"
+        version = f"{tmp_path}/models/churn_xgb/v20260203-0123abcd"
+        assert score.resolve_model_uri(str(tmp_path), "churn_xgb", version + "/") == version
+
+    @pytest.mark.parametrize("foreign", [
+        "/x/models/churn_xgb/v1",                   # another root
+        "{root}/models/other_model/v1",             # another model
+        "{root}/models/churn_xgb",                  # the model, not a version
+        "{root}/models/churn_xgb/v1/model.ubj",     # a file inside a version
+        "{root}/models/churn_xgb/../../../etc",     # climbing out
+        "{root}/models/churn_xgb/v1;rm -rf ~",      # not a version name
+    ])
+    def test_model_uri_from_xcom_must_be_a_version_of_this_registry(self, tmp_path, foreign):
+        from churn.registry import RegistryError
+
+        with pytest.raises(RegistryError, match="model URI"):
+            score.resolve_model_uri(str(tmp_path), "churn_xgb", foreign.format(root=tmp_path))
 
     def test_rejects_a_bad_ds(self):
         with pytest.raises(SystemExit):

@@ -63,9 +63,18 @@ def root(tmp_path, base_roots) -> Path:
 
 
 def raw_file(root: Path, table: str, ds: str = DAY) -> Path:
-    """The one generated data file of a raw partition."""
-    (found,) = sorted(Path(Layout(str(root)).raw(table, ds)).iterdir())
+    """The one generated data file of a raw partition (its `_SUCCESS` marker aside)."""
+    (found,) = sorted(p for p in Path(Layout(str(root)).raw(table, ds)).iterdir()
+                      if not p.name.startswith("_"))
     return found
+
+
+def mark_ready(root: Path) -> None:
+    """The producer's last step: mark DAY's raw partitions complete after its (edited) files."""
+    for table in ("events", "customers"):
+        partition = Path(Layout(str(root)).raw(table, DAY))
+        if partition.is_dir():
+            (partition / "_SUCCESS").touch()
 
 
 def read_csv(path: Path) -> pd.DataFrame:
@@ -101,6 +110,7 @@ def csv_line(values: list[str]) -> bytes:
 
 def build(spark, root: Path, spec: str, max_reject_rate: float | None = LENIENT,
           **kw) -> dict:
+    mark_ready(root)
     return run(spark, JobArgs(root=str(root), spec=spec, start=DAY, end=DAY,
                               max_reject_rate=max_reject_rate, **kw))
 
