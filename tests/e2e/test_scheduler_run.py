@@ -25,6 +25,17 @@ READY_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 1200
 
 
+def train_jobs(ray_head, run_id: str) -> list:
+    """The Ray jobs the `train` task of a run submitted, oldest first (Ray's own client)."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(ray_head.dashboard_url,
+                                 headers={"Authorization": f"Bearer {ray_head.token}"})
+    jobs = [j for j in client.list_jobs() if (j.metadata or {}).get("airflow_run_id") == run_id
+            and j.metadata.get("airflow_task_id") == "train"]
+    return sorted(jobs, key=lambda j: j.start_time)
+
+
 @pytest.fixture(scope="module")
 def standalone(e2e_world, tmp_path_factory):
     """`airflow standalone` on a free port, logged in, the DAG parsed and unpaused."""
@@ -65,6 +76,13 @@ class TestTriggeredRun:
         log = triggered_run["train_log"]
         assert "DEFERRED" in log  # the worker handed the wait over to the triggerer ...
         assert "[ray af-" in log  # ... whose RayJobTrigger streamed the job's log lines
+
+    def test_train_links_to_its_ray_job_page(self, triggered_run, standalone, ray_head):
+        links = standalone.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/"
+                                   f"{triggered_run['run_id']}/taskInstances/train/links")
+        (job,) = train_jobs(ray_head, triggered_run["run_id"])
+        submission_id = job.submission_id
+        assert links == {"Ray job": f"{ray_head.dashboard_url}/#/jobs/{submission_id}"}
 
 
 # Each hostile value would have run `touch <canary>` had a shell ever parsed it.
@@ -107,8 +125,6 @@ class TestHostileParams:
 @pytest.fixture(scope="module")
 def cleared_train(standalone, triggered_run, ray_head) -> dict:
     """Clear the triggered run's `train` task through REST (re-do the training of that day)."""
-    from ray.job_submission import JobSubmissionClient
-
     run_id = triggered_run["run_id"]
     first = triggered_run["train"]
     standalone.request("POST", f"/api/v2/dags/{DAG_ID}/clearTaskInstances", json={
@@ -118,11 +134,7 @@ def cleared_train(standalone, triggered_run, ray_head) -> dict:
         run_id, "train")["try_number"] > first["try_number"], RUN_TIMEOUT_S)
     state = standalone.wait_until(f"run {run_id} again", lambda: standalone.run_state(run_id),
                                   RUN_TIMEOUT_S, interval_s=5)
-    client = JobSubmissionClient(ray_head.dashboard_url,
-                                 headers={"Authorization": f"Bearer {ray_head.token}"})
-    jobs = [j for j in client.list_jobs() if (j.metadata or {}).get("airflow_run_id") == run_id
-            and j.metadata.get("airflow_task_id") == "train"]
-    return {"state": state, "jobs": sorted(jobs, key=lambda j: j.start_time),
+    return {"state": state, "jobs": train_jobs(ray_head, run_id),
             "train": standalone.task_instance(run_id, "train")}
 
 
