@@ -82,7 +82,8 @@ class TestTriggeredRun:
                                    f"{triggered_run['run_id']}/taskInstances/train/links")
         (job,) = train_jobs(ray_head, triggered_run["run_id"])
         submission_id = job.submission_id
-        assert links == {"Ray job": f"{ray_head.dashboard_url}/#/jobs/{submission_id}"}
+        assert links["extra_links"] == {
+            "Ray job": f"{ray_head.dashboard_url}/#/jobs/{submission_id}"}
 
 
 # Each hostile value would have run `touch <canary>` had a shell ever parsed it.
