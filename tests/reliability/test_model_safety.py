@@ -115,7 +115,7 @@ class TestRefusedModelFiles:
     def test_model_outside_a_version_dir_is_refused(self, root, trained, spec_path,
                                                     reliability_case):
         bare = version_dir(root, trained[1]) / "model.ubj"
-        assert_score_refuses(root, spec_path, "model version directory not found",
+        assert_score_refuses(root, spec_path, "model URI",
                              "--model-uri", str(bare))
         reliability_case("--model-uri pointing at a bare model file", "refused: not a registry "
                          "version directory", "RegistryError, no predictions")
