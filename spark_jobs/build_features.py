@@ -176,10 +176,11 @@ def _write(frame, days: list[str], partition_uri, what: str) -> None:
 def _publish_outputs(layout, plan, types: list[str], seconds: float) -> None:
     """Write the `features` fragment of each target day: rows written, label days, timing."""
     from churn import manifest
+    from churn.storage import parquet_rows
 
-    label_rows = {d: manifest.parquet_rows(layout.labels(d)) for d in plan.label_days}
+    label_rows = {d: parquet_rows(layout.labels(d)) for d in plan.label_days}
     for ds in plan.feature_days:
-        rows = manifest.parquet_rows(layout.features(ds))
+        rows = parquet_rows(layout.features(ds))
         LOG.info("features ds=%s: %d customers", ds, rows)
         payload = manifest.fragment("features", ds, feature_rows=rows, event_types=types,
                                     run_days=[plan.feature_days[0], plan.feature_days[-1]],

@@ -22,7 +22,7 @@ from churn.registry import ModelArtifact, champion_uri, check_version_uri, load_
 from churn.scoring import SCORES_DDL, batch_scorer, check_features
 from churn.spark import build_session, to_spark_uri
 from churn.spec import load_spec
-from churn.storage import Layout, atomic_partition, validate_ds
+from churn.storage import Layout, atomic_partition, check_staged_rows, validate_ds
 
 EXIT_NO_CHAMPION = 3
 
@@ -96,17 +96,23 @@ def run(spark, root: str, spec, artifact: ModelArtifact, ds: str, model_uri: str
     Returns:
         The number of predictions written.
     """
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
     began = time.monotonic()
     layout = Layout(root)
     broadcast = spark.sparkContext.broadcast(artifact.model_bytes)
     try:
         features = spark.read.parquet(to_spark_uri(layout.features(ds)))
         predictions = score_features(features, artifact, broadcast, id_column=spec.id_column, ds=ds)
+        counted = Observation(f"predictions of {ds}")
         with atomic_partition(layout.predictions(ds)) as tmp:
-            predictions.write.mode("overwrite").parquet(to_spark_uri(tmp))
+            predictions.observe(counted, F.count(F.lit(1)).alias("rows")).write.mode(
+                "overwrite").parquet(to_spark_uri(tmp))
+            check_staged_rows(tmp, counted.get["rows"], layout.predictions(ds))
     finally:
         broadcast.unpersist()
-    rows = manifest.parquet_rows(layout.predictions(ds))
+    rows = counted.get["rows"]
     payload = manifest.fragment("score", ds, skipped=False, model_uri=model_uri,
                                 model_version=artifact.version, prediction_rows=rows,
                                 seconds=round(time.monotonic() - began, 3))

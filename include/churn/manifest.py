@@ -7,7 +7,7 @@ Each step writes its own fragment atomically; the DAG's publish step merges them
 from __future__ import annotations
 
 from churn import __version__
-from churn.storage import Layout, filesystem, write_json_atomic
+from churn.storage import Layout, write_json_atomic
 
 
 def fragment(step: str, ds: str, **fields: object) -> dict:
@@ -38,10 +38,3 @@ def write_fragment(layout: Layout, ds: str, step: str, payload: dict) -> str:
     write_json_atomic(uri, payload)
     return uri
 
-
-def parquet_rows(partition_uri: str) -> int:
-    """Rows in a Parquet partition, read from the file footers only."""
-    import pyarrow.dataset as pads
-
-    fs, path = filesystem(partition_uri)
-    return pads.dataset(path, filesystem=fs, format="parquet").count_rows()

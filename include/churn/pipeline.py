@@ -321,7 +321,7 @@ def publish_manifest(root: str, ds: str, *, run: dict, repo_root: str) -> dict:
     Returns:
         The manifest.
     """
-    from churn.manifest import parquet_rows
+    from churn.storage import parquet_rows
     from churn.storage import Layout, write_json_atomic
 
     trained = bool(read_fragments(root, ds, [DECIDE_STEP]).get(DECIDE_STEP, {}).get("train"))

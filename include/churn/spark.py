@@ -124,41 +124,61 @@ def to_spark_uri(uri: str) -> str:
 
 
 def write_day_partitions(frame: DataFrame, days: Iterable[str],
-                         partition_uri: Callable[[str], str], day_column: str = "ds") -> None:
+                         partition_uri: Callable[[str], str], day_column: str = "ds",
+                         lock_timeout: float | None = None) -> None:
     """Write one partition per day in one Spark job, then swap each day in atomically.
 
-    The frame is written once, partitioned by a copy of `day_column`, into a hidden staging
-    directory named by its day range; each day's directory is then swapped into
-    `partition_uri(day)` (files keep the `ds` column). A day with no rows gets an empty Parquet
-    file with the schema. Days not in `days` are never touched, so a re-run replaces exactly its
-    own days; it first removes what a crashed earlier writer of these days left in the area.
+    Holding the writer lock of every day of the range (`storage.partition_locks`), it first
+    finishes or undoes what a killed earlier writer of these days left, then writes the frame
+    once, partitioned by a copy of `day_column`, into a hidden staging directory named by its
+    day range, counting the rows of each day as they are written (a Spark `Observation`: no
+    second pass). Before any swap, each day's staged files must hold exactly that count, so a
+    day whose staging was lost fails instead of becoming empty; only a day with 0 rows gets an
+    empty Parquet file with the schema. Then each day is swapped into `partition_uri(day)`
+    (files keep the `ds` column). Days not in `days` are never touched.
 
     Args:
         frame: rows to write, with a `YYYY-MM-DD` string column `day_column`.
         days: the days to (re)write.
         partition_uri: maps a day to its final partition path, e.g. `layout.features`.
         day_column: the column holding the day.
+        lock_timeout: seconds to wait for other writers of these days (default: storage's).
+
+    Raises:
+        churn.storage.StagingMismatchError: a day's staged rows differ from the rows computed.
+        churn.storage.PartitionBusyError: another writer kept one of the days locked.
     """
-    from churn.storage import exists, filesystem, remove_stale_temps, staging_dir, swap_in
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    from churn.storage import (LOCK_TIMEOUT_SECONDS, check_staged_rows, ds_range, filesystem,
+                               partition_locks, recover_partitions, staging_dir, swap_in)
 
     days = sorted(set(days))
     if not days:
         return
     area = partition_uri(days[0]).rstrip("/").rsplit("/", 1)[0]
-    names = [partition_uri(ds).rstrip("/").rsplit("/", 1)[1] for ds in days]
-    remove_stale_temps(area, names, staged_days=(days[0], days[-1]))
-    staging = staging_dir(area, days)
-    staged = frame.where(frame[day_column].isin(days)).withColumn("_part", frame[day_column])
-    staged.write.mode("overwrite").partitionBy("_part").parquet(to_spark_uri(staging))
-    try:
-        for ds in days:
-            source = f"{staging}/_part={ds}"
-            if not exists(source):
-                write_empty_parquet(frame.schema, source)
-            swap_in(source, partition_uri(ds))
-    finally:
-        fs, path = filesystem(staging)
-        fs.delete_dir(path)
+    name = {ds: partition_uri(ds).rstrip("/").rsplit("/", 1)[1]
+            for ds in ds_range(days[0], days[-1])}
+    with partition_locks(area, name.values(), lock_timeout or LOCK_TIMEOUT_SECONDS):
+        recover_partitions(area, [name[ds] for ds in days], staged_days=(days[0], days[-1]))
+        staging = staging_dir(area, days)
+        counted = Observation(f"rows per day of {staging}")
+        staged = frame.where(frame[day_column].isin(days)).withColumn("_part", frame[day_column])
+        staged = staged.observe(counted, *(F.count_if(F.col("_part") == ds).alias(ds)
+                                           for ds in days))
+        staged.write.mode("overwrite").partitionBy("_part").parquet(to_spark_uri(staging))
+        try:
+            sources = {ds: f"{staging}/_part={ds}" for ds in days}
+            for ds, source in sources.items():
+                if counted.get[ds] == 0:
+                    write_empty_parquet(frame.schema, source)
+                check_staged_rows(source, counted.get[ds], partition_uri(ds))
+            for ds, source in sources.items():
+                swap_in(source, partition_uri(ds))
+        finally:
+            fs, path = filesystem(staging)
+            fs.delete_dir(path)
 
 
 def write_empty_parquet(schema, directory_uri: str) -> None:

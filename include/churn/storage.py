@@ -2,21 +2,25 @@
 
 One root (`CHURN_DATA_ROOT`): a local folder or `s3://bucket/prefix`. Partitions are Hive style
 `ds=YYYY-MM-DD`. Writers never write into a live partition: they fill a temporary sibling and
-swap it in, so a reader (or a crash) sees the old partition or the new one, never half of one.
+swap it in, so a reader (or a crash) sees the old partition or the new one, never half of one
+and never none (locally; see `swap_in` for the steps and for what S3 guarantees).
 
-Temporary names say what they belong to: `_tmp-<partition>-<uuid>` and `_old-<partition>-<uuid>`
-next to one partition, `_tmp-staging-<first>_<last>-<uuid>` for a multi-day staging directory.
-A writer killed outright (SIGKILL: no cleanup runs) leaves its temporary behind; the next writer
-of the same partition removes it first (`remove_stale_temps`), and never touches another day's
-temporaries, which may belong to a writer running right now.
+Temporary names say what they belong to, `<marker><partition>-<token>`: `_tmp-` while being
+written, `_ready-` once finished and about to be swapped in, `_old-` for the partition being
+replaced; `_tmp-staging-<first>_<last>-<token>` for a multi-day staging directory. One writer of
+a partition at a time: `partition_locks` holds a lock file `_locks/<partition>` per partition
+(local roots), and the lock holder first finishes or undoes what a killed earlier writer left
+(`recover_partitions`), logging what it did. Another day's temporaries are never touched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime as dt
 import json
 import logging
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -24,15 +28,24 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from churn.faults import fault_point
+
 _DS_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+$")
 TMP_MARKER = "_tmp-"
+READY_MARKER = "_ready-"
 OLD_MARKER = "_old-"
+LOCKS = "_locks"
+# A swap leaves `_swap-<token>` in the partition it moves in: the next writer can then tell
+# whether an interrupted swap's leftover is the new partition (never swapped in) or the old one.
+SWAP_TOKEN = "_swap-"
 STAGING = "staging"
+LOCK_TIMEOUT_SECONDS = 1800.0
 _UUID_CHARS = 12
 _UUID = rf"[0-9a-f]{{{_UUID_CHARS}}}"
 _DAY = r"\d{4}-\d{2}-\d{2}"
-_PARTITION_TEMP = re.compile(rf"^(?:{TMP_MARKER}|{OLD_MARKER})(?P<name>.+)-{_UUID}$")
+_PARTITION_TEMP = re.compile(
+    rf"^(?P<kind>{TMP_MARKER}|{READY_MARKER}|{OLD_MARKER})(?P<name>.+)-(?P<token>{_UUID})$")
 _STAGING_TEMP = re.compile(rf"^{TMP_MARKER}{STAGING}-(?P<first>{_DAY})_(?P<last>{_DAY})-{_UUID}$")
 LOG = logging.getLogger(__name__)
 
@@ -188,11 +201,19 @@ def is_ds(value: str) -> bool:
     return True
 
 
-def temp_sibling(final_uri: str, marker: str = TMP_MARKER) -> str:
-    """A fresh path next to `final_uri` named after it, `<marker><name>-<uuid>`, hidden from
-    readers by its `_` prefix."""
+class PartitionBusyError(RuntimeError):
+    """Another writer held a partition's lock for longer than this writer was willing to wait."""
+
+
+class StagingMismatchError(RuntimeError):
+    """A staged partition does not hold the rows its job computed (lost or foreign files)."""
+
+
+def temp_sibling(final_uri: str, marker: str = TMP_MARKER, token: str | None = None) -> str:
+    """A path next to `final_uri` named after it, `<marker><name>-<token>` (a fresh token unless
+    given), hidden from readers by its `_` prefix."""
     parent, _, name = final_uri.rstrip("/").rpartition("/")
-    return f"{parent}/{marker}{name}-{uuid.uuid4().hex[:_UUID_CHARS]}"
+    return f"{parent}/{marker}{name}-{token or uuid.uuid4().hex[:_UUID_CHARS]}"
 
 
 def staging_dir(area_uri: str, days: list[str]) -> str:
@@ -201,33 +222,120 @@ def staging_dir(area_uri: str, days: list[str]) -> str:
     return temp_sibling(f"{area_uri.rstrip('/')}/{STAGING}-{days[0]}_{days[-1]}")
 
 
-def remove_stale_temps(area_uri: str, names: Iterable[str],
+@contextlib.contextmanager
+def partition_locks(area_uri: str, names: Iterable[str],
+                    timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
+    """Hold the writer lock of each partition `names` in an area (one writer per partition).
+
+    Locks are files `_locks/<name>` in the area, taken in sorted order (so two writers of
+    overlapping day ranges cannot deadlock) and released by the OS if the holder dies. A
+    second writer (an orphaned spark-submit and its retry, a bulk range overlapping a daily run)
+    logs that it waits, then waits up to `timeout` seconds. On S3 there is no lock: one writer
+    per partition rests on Airflow running one task instance per day (README, "Storage").
+
+    Raises:
+        PartitionBusyError: a lock was still held after `timeout` seconds.
+    """
+    fs, path = filesystem(area_uri)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    fs.create_dir(f"{path}/{LOCKS}", recursive=True)
+    with contextlib.ExitStack() as held:
+        for name in sorted(set(names)):
+            lock = FileLock(f"{path}/{LOCKS}/{name}", thread_local=False)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                LOG.warning("%s/%s is being written by another writer; waiting up to %.0fs for "
+                            "its lock", area_uri, name, timeout)
+                try:
+                    lock.acquire(timeout=timeout)
+                except Timeout:
+                    raise PartitionBusyError(
+                        f"{area_uri}/{name}: another writer still holds {lock.lock_file} after "
+                        f"{timeout:.0f}s; not writing this partition") from None
+            held.callback(lock.release)
+        yield
+
+
+def recover_partitions(area_uri: str, names: Iterable[str],
                        staged_days: tuple[str, str] | None = None) -> list[str]:
-    """Remove what crashed writers of these partitions left in an area, and nothing else.
+    """Finish or undo what killed writers of these partitions left in an area; nothing else.
 
-    Call it before writing: one writer per partition at a time (Airflow runs one task instance
-    per day), so a temporary of the partitions about to be written can only be stale. Those of
-    other partitions are kept: a writer of another day may be filling them right now.
+    Call it holding the partitions' locks (`partition_locks`): then a temporary of these
+    partitions can only belong to a dead writer. For each partition, with `P` its live path:
 
-    Args:
-        area_uri: the parent directory of the partitions.
-        names: the partition directory names (`ds=2024-01-03`) whose `_tmp-`/`_old-` siblings go.
-        staged_days: a day range (first, last); staging directories whose range overlaps it go.
+    * `_tmp-` (unfinished write) is removed: P stays as it was;
+    * `_ready-` holding its swap token (a finished write) replaces P, unless P already holds
+      that token: then the swap happened, and the leftover is what it replaced, removed;
+    * `_old-` (the partition a swap set aside) is moved back when P is missing, else removed.
+
+    A `_ready-` without its token is an unfinished copy (S3) and is removed.
+
+    Staging directories whose day range overlaps `staged_days` are removed (their writer would
+    hold one of the locks). Temporaries of other partitions are kept: a writer of another day
+    may be filling them right now.
 
     Returns:
-        The URIs removed (each is logged).
+        The URIs removed or moved (each is logged, with what it means).
     """
-    names = set(names)
+    fs, area_path = filesystem(area_uri)
+    if fs.get_file_info(area_path).type == pafs.FileType.NotFound:
+        return []
+    names, handled = set(names), []
+    children = fs.get_file_info(pafs.FileSelector(area_path, recursive=False))
+    leftovers = sorted((m for m in (_PARTITION_TEMP.match(c.base_name) for c in children)
+                        if m and m["name"] in names),
+                       key=lambda m: (m["name"], [READY_MARKER, OLD_MARKER, TMP_MARKER]
+                                      .index(m["kind"])))
+    for leftover in leftovers:
+        _recover_leftover(fs, area_path, leftover)
+        handled.append(f"{area_uri.rstrip('/')}/{leftover.string}")
+    if staged_days is not None:
+        handled += _remove_children(area_uri, lambda name: _overlaps(name, staged_days))
+    return handled
 
-    def stale(base_name: str) -> bool:
-        staging = _STAGING_TEMP.match(base_name)
-        if staging:
-            return staged_days is not None and (
-                staging["first"] <= staged_days[1] and staged_days[0] <= staging["last"])
-        partition = _PARTITION_TEMP.match(base_name)
-        return bool(partition) and partition["name"] in names
 
-    return _remove_children(area_uri, stale)
+def _overlaps(base_name: str, days: tuple[str, str]) -> bool:
+    """Whether a name is a staging directory whose day range overlaps `days`."""
+    staging = _STAGING_TEMP.match(base_name)
+    return bool(staging) and staging["first"] <= days[1] and days[0] <= staging["last"]
+
+
+def _recover_leftover(fs: pafs.FileSystem, area_path: str, leftover: re.Match) -> None:
+    """Roll one temporary of an interrupted write forward or back (see `recover_partitions`)."""
+    path, final = f"{area_path}/{leftover.string}", f"{area_path}/{leftover['name']}"
+    kind, token = leftover["kind"], leftover["token"]
+    swapped = _has_token(fs, final, token)
+    if kind == READY_MARKER and not swapped and _has_token(fs, path, token):
+        _move_in(fs, path, final, token)
+        fs.delete_file(f"{final}/{SWAP_TOKEN}{token}")
+        what = "rolled forward: swapped in the finished partition it had staged"
+    elif kind == OLD_MARKER and fs.get_file_info(final).type == pafs.FileType.NotFound:
+        _move_dir(fs, path, final)
+        what = "rolled back: restored the partition it had set aside"
+    else:
+        _delete(fs, path, fs.get_file_info(path).type == pafs.FileType.Directory)
+        what = ("rolled back: removed its unfinished write; the partition is as before"
+                if kind == TMP_MARKER or not (swapped or kind == OLD_MARKER) else
+                "rolled forward: the new partition is live; removed the one it replaced")
+    LOG.warning("interrupted write of %s (%s): %s", final, leftover.string, what)
+
+
+def _delete(fs: pafs.FileSystem, path: str, is_dir: bool) -> None:
+    if is_dir:
+        fs.delete_dir(path)
+    else:
+        fs.delete_file(path)
+
+
+def _has_token(fs: pafs.FileSystem, partition_path: str, token: str) -> bool:
+    """Whether the swap with this token moved `partition_path` in."""
+    info = fs.get_file_info(f"{partition_path}/{SWAP_TOKEN}{token}")
+    return info.type != pafs.FileType.NotFound
 
 
 def _remove_children(parent_uri: str, matches: Callable[[str], bool]) -> list[str]:
@@ -239,32 +347,82 @@ def _remove_children(parent_uri: str, matches: Callable[[str], bool]) -> list[st
     for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
         if not matches(info.base_name):
             continue
-        if info.type == pafs.FileType.Directory:
-            fs.delete_dir(info.path)
-        else:
-            fs.delete_file(info.path)
+        _delete(fs, info.path, info.type == pafs.FileType.Directory)
         removed.append(f"{parent_uri.rstrip('/')}/{info.base_name}")
         LOG.warning("removed %s, left behind by a writer that did not finish", removed[-1])
     return removed
 
 
 def swap_in(tmp_uri: str, final_uri: str) -> None:
-    """Replace `final_uri` by the finished directory `tmp_uri`.
+    """Replace `final_uri` by the finished directory `tmp_uri`, crash-safe at every step.
 
-    Locally the old partition is first renamed aside, then the new one renamed in (two renames on
-    one filesystem: at every instant the path holds the old or the new partition, never a mix).
-    On S3 there is no rename, so objects are copied; readers must go through the manifest or
-    accept the copy window (S3 writers should prefer Spark's dynamic partition overwrite).
+    Steps (each a fault point `swap:<step>` for the reliability tests): `staged` the new
+    directory holds `_swap-<token>`; `ready` it is renamed `_ready-…` next to the partition
+    (finished: a killed writer's successor rolls it forward, see `recover_partitions`); then
+    `_move_in` replaces the partition; last the token is removed.
     """
     fs, final_path = filesystem(final_uri)
     _, tmp_path = filesystem(tmp_uri)
-    if fs.get_file_info(final_path).type == pafs.FileType.NotFound:
-        _move_dir(fs, tmp_path, final_path)
-        return
-    old_path = temp_sibling(final_path, OLD_MARKER)
-    _move_dir(fs, final_path, old_path)
-    _move_dir(fs, tmp_path, final_path)
-    fs.delete_dir(old_path)
+    token = uuid.uuid4().hex[:_UUID_CHARS]
+    ready = temp_sibling(final_path, READY_MARKER, token)
+    with fs.open_output_stream(f"{tmp_path}/{SWAP_TOKEN}{token}"):
+        pass
+    fault_point("swap:staged")
+    _move_dir(fs, tmp_path, ready)
+    fault_point("swap:ready")
+    _move_in(fs, ready, final_path, token)
+    fs.delete_file(f"{final_path}/{SWAP_TOKEN}{token}")
+
+
+def _move_in(fs: pafs.FileSystem, ready: str, final: str, token: str) -> None:
+    """Put the finished directory `ready` at `final`, replacing what is there.
+
+    Locally one `renameat2(RENAME_EXCHANGE)` swaps the two directories in a single step
+    (`exchanged`): the path never lacks a partition. The old one, now under the `_ready-` name,
+    is then deleted (`cleaned`). Without exchange support (S3, or a filesystem that refuses it)
+    the old partition is first moved to `_old-…` (`set_aside`), then the new one moved in
+    (`moved_in`): a reader can then find no partition for a moment; on S3 each move copies
+    objects, so a reader can also see a mix of both until the copy ends (README, "Storage").
+    """
+    if fs.get_file_info(final).type == pafs.FileType.NotFound:
+        _move_dir(fs, ready, final)
+        fault_point("swap:moved_in")
+    elif _exchange(fs, ready, final):
+        fault_point("swap:exchanged")
+        fs.delete_dir(ready)
+        fault_point("swap:cleaned")
+    else:
+        old = temp_sibling(final, OLD_MARKER, token)
+        _move_dir(fs, final, old)
+        fault_point("swap:set_aside")
+        _move_dir(fs, ready, final)
+        fault_point("swap:moved_in")
+        fs.delete_dir(old)
+        fault_point("swap:cleaned")
+
+
+_RENAME_EXCHANGE, _AT_FDCWD = 2, -100
+EXCHANGE_ENV = "CHURN_RENAME_EXCHANGE"
+
+
+def _exchange(fs: pafs.FileSystem, first: str, second: str) -> bool:
+    """Atomically exchange two local directories (Linux `renameat2`); False where unsupported.
+
+    `CHURN_RENAME_EXCHANGE=off` forces the two-rename path (tests of the fallback use it).
+    """
+    if not isinstance(fs, pafs.LocalFileSystem) or os.environ.get(EXCHANGE_ENV) == "off":
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "renameat2"):
+        return False
+    done = libc.renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second),
+                          _RENAME_EXCHANGE)
+    if done == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: this filesystem cannot exchange
+        return False
+    raise OSError(error, os.strerror(error), first, None, second)
 
 
 def _move_dir(fs: pafs.FileSystem, source: str, target: str) -> None:
@@ -273,36 +431,64 @@ def _move_dir(fs: pafs.FileSystem, source: str, target: str) -> None:
     if isinstance(fs, pafs.LocalFileSystem):
         fs.move(source, target)
         return
-    for info in fs.get_file_info(pafs.FileSelector(source, recursive=True)):
-        if info.type == pafs.FileType.File:
-            fs.copy_file(info.path, target + info.path[len(source):])
+    files = [i for i in fs.get_file_info(pafs.FileSelector(source, recursive=True))
+             if i.type == pafs.FileType.File]
+    # The swap token goes last: a copy holding it is complete (`recover_partitions` relies on it).
+    for info in sorted(files, key=lambda i: i.base_name.startswith(SWAP_TOKEN)):
+        fs.copy_file(info.path, target + info.path[len(source):])
     fs.delete_dir(source)
 
 
+def parquet_rows(partition_uri: str) -> int:
+    """Rows in a Parquet partition, read from the file footers only (`_`/`.` files skipped)."""
+    import pyarrow.dataset as pads
+
+    fs, path = filesystem(partition_uri)
+    return pads.dataset(path, filesystem=fs, format="parquet").count_rows()
+
+
+def check_staged_rows(staged_uri: str, expected: int, what: str) -> None:
+    """Before a swap: the staged partition holds exactly the rows its job computed.
+
+    Raises:
+        StagingMismatchError: the staged directory is gone (another writer removed it) or its
+            row count differs, naming the partition and both counts.
+    """
+    found = parquet_rows(staged_uri) if exists(staged_uri) else None
+    if found != expected:
+        state = "is missing" if found is None else f"holds {found} rows"
+        raise StagingMismatchError(f"{what}: the job computed {expected} rows but its staging "
+                                   f"{staged_uri} {state}; not swapping it in")
+
+
 @contextlib.contextmanager
-def atomic_partition(final_uri: str) -> Iterator[str]:
+def atomic_partition(final_uri: str, lock_timeout: float = LOCK_TIMEOUT_SECONDS
+                     ) -> Iterator[str]:
     """Write a partition atomically: yield a temp directory, swap it in on success.
 
-    First removes the temporaries a crashed earlier writer of this partition left. On any
-    exception the temp directory is removed and the old partition is untouched.
+    Holds the partition's writer lock throughout, and first finishes or undoes what a killed
+    earlier writer of this partition left. On any exception the temp directory is removed and
+    the old partition is untouched.
 
     Args:
         final_uri: the partition's path, e.g. `Layout(root).features(ds)`.
+        lock_timeout: seconds to wait for another writer of the partition to finish.
 
     Yields:
         The temporary directory to write the partition's files into.
     """
     parent, _, name = final_uri.rstrip("/").rpartition("/")
-    remove_stale_temps(parent, [name])
-    tmp = temp_sibling(final_uri)
-    fs, tmp_path = filesystem(tmp)
-    fs.create_dir(tmp_path, recursive=True)
-    try:
-        yield tmp
-    except BaseException:
-        fs.delete_dir(tmp_path)
-        raise
-    swap_in(tmp, final_uri)
+    with partition_locks(parent, [name], lock_timeout):
+        recover_partitions(parent, [name])
+        tmp = temp_sibling(final_uri)
+        fs, tmp_path = filesystem(tmp)
+        fs.create_dir(tmp_path, recursive=True)
+        try:
+            yield tmp
+        except BaseException:
+            fs.delete_dir(tmp_path)
+            raise
+        swap_in(tmp, final_uri)
 
 
 def write_json_atomic(uri: str, payload: dict) -> None:

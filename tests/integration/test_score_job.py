@@ -84,7 +84,7 @@ class TestRun:
         assert len(_read_predictions(root)) == ROWS
         assert (other / "keep.parquet").read_bytes() == b"untouched"
         assert sorted(p.name for p in (root / "predictions").iterdir()) == [
-            "ds=2026-02-02", f"ds={DS}"]
+            "_locks", "ds=2026-02-02", f"ds={DS}"]  # the writer lock folder stays
 
     def test_missing_feature_fails_and_writes_nothing(self, spark, spec_path, tmp_path):
         frame = features_frame(ROWS, DS)

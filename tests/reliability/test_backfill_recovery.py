@@ -320,7 +320,7 @@ class TestBackfillRecovery:
                            ("predictions", BACKFILL_DAYS)):
             assert set(days) <= set(list_partitions(layout.area(area))), area
         leftovers = [str(p) for p in Path(world.root).rglob("*")
-                     if p.name.startswith(("_tmp-", "_old-"))]
+                     if p.name.startswith(("_tmp-", "_ready-", "_old-"))]
         assert leftovers == []
         for area, frames in recovery["bulk"].items():
             rebuilt = _read_days(world.root, area, list(frames))

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from churn.faults import KILL_AT_ENV
 from churn.generate import generate
 from churn.registry import load_model_dir
 from churn.spec import load_spec
@@ -144,16 +145,17 @@ def fragments(root: str, ds: str) -> dict[str, dict]:
 
 
 def temps(root: str, needle: str = "") -> list[str]:
-    """Relative paths of the `_tmp-`/`_old-` entries under root whose name contains needle
-    (os.walk: a writer may delete directories while we look)."""
+    """Relative paths of the `_tmp-`/`_ready-`/`_old-` entries under root whose name contains
+    needle (os.walk: a writer may delete directories while we look)."""
     return sorted(os.path.relpath(os.path.join(folder, name), root)
                   for folder, dirs, files in os.walk(root) for name in dirs + files
-                  if name.startswith(("_tmp-", "_old-")) and needle in name)
+                  if name.startswith(("_tmp-", "_ready-", "_old-")) and needle in name)
 
 
 def written_dirs(root: str) -> list[str]:
-    """The directories holding files under root, raw input aside."""
-    return sorted({str(Path(p).parent) for p in file_hashes(root) if not p.startswith("raw/")})
+    """The directories holding files under root, raw input and writer lock files aside."""
+    return sorted({str(Path(p).parent) for p in file_hashes(root)
+                   if not p.startswith("raw/") and Path(p).parent.name != "_locks"})
 
 
 def plant_temp(area: Path, name: str) -> Path:
@@ -163,14 +165,16 @@ def plant_temp(area: Path, name: str) -> Path:
     return area / name
 
 
-def start_build(root: str, spec: str, ds: str, log: Path) -> subprocess.Popen:
-    """build_features for one day as its own process group, with its own local Spark."""
+def start_build(root: str, spec: str, ds: str, log: Path, kill_at: str = "") -> subprocess.Popen:
+    """build_features for one day as its own process group, with its own local Spark (that
+    SIGKILLs itself at the fault point `kill_at`, if given)."""
     command = [sys.executable, str(REPO_ROOT / "spark_jobs" / "build_features.py"),
                "--root", root, "--spec", spec, "--ds", ds, "--master", "local[1]",
                "--max-reject-rate", str(LENIENT)]
     with log.open("wb") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                                env=child_env(), start_new_session=True)
+                                env=child_env(**{KILL_AT_ENV: kill_at}),
+                                start_new_session=True)
 
 
 def wait_all(children: list[subprocess.Popen], deadline: float) -> list[int]:
@@ -360,3 +364,41 @@ class TestKilledWriter:
             "removed exactly that temp (logged), rewrote the day, kept the other day's temps",
             "row-identical partitions after the kill and after the re-run, removed == left "
             "behind, other day's temps byte-identical", summary["counts"]["events"][day])
+
+    def test_sigkill_inside_a_swap_keeps_every_partition_whole_and_the_rerun_rolls_forward(
+            self, spark, generated, tmp_path, caplog, reliability_case):
+        root, spec, day = fresh_root(generated, tmp_path / "data"), generated[1], LAST_DAY
+        build(spark, root, spec, START, LAST_DAY)
+        partitions = owned_partitions(root, day)
+        before = {uri: partition_content(uri, root) for uri in partitions}
+
+        log = tmp_path / "killed.log"
+        child = start_build(root, spec, day, log, kill_at="swap:exchanged")
+        try:
+            code = child.wait(timeout=JOB_DEADLINE)
+        finally:
+            kill_group(child)
+        assert code == -signal.SIGKILL, tail(log)
+        left = temps(root, day)
+        kinds = sorted(Path(t).name.split("-")[1] if "staging" in t else Path(t).name[:7]
+                       for t in left)
+        assert kinds == ["_ready-", "staging"], left  # one swap mid-way, the range's staging
+        for uri in partitions:
+            assert_same_partition(partition_content(uri, root), before[uri])
+
+        with caplog.at_level("WARNING", logger="churn.storage"):
+            summary = build(spark, root, spec, day)
+        recovered = [r.getMessage() for r in caplog.records
+                     if r.getMessage().startswith("interrupted write of")]
+        assert len(recovered) == 1 and "rolled forward: the new partition is live" in \
+            recovered[0], recovered
+        assert temps(root, day) == []
+        for uri in partitions:
+            assert_same_partition(partition_content(uri, root), before[uri])
+        reliability_case(
+            f"build_features for {day} SIGKILLed (fault point swap:exchanged) right after its "
+            f"first partition swap, leaving {', '.join(left)}",
+            "every partition of the day stayed whole and readable; the re-run logged "
+            f"'{recovered[0].split(': ', 1)[1]}' and rewrote the day",
+            "row-identical partitions after the kill and after the re-run; no temp left",
+            summary["counts"]["events"][day])

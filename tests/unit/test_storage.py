@@ -13,7 +13,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from churn.storage import (Layout, atomic_partition, ds_range, filesystem, list_partitions,
-                           read_json, remove_stale_temps, shift_ds, staging_dir, validate_ds,
+                           read_json, recover_partitions, shift_ds, staging_dir, validate_ds,
                            write_json_atomic)
 from tests.support.processes import child_env
 
@@ -94,7 +94,7 @@ class TestAtomicPartition:
             Path(tmp, "part-00000.csv").write_bytes(b"new\n")
         assert [p.name for p in Path(uri).iterdir()] == ["part-00000.csv"]
         assert Path(uri, "part-00000.csv").read_bytes() == b"new\n"
-        assert sorted(p.name for p in Path(uri).parent.iterdir()) == [f"ds={DS}"]
+        assert sorted(p.name for p in Path(uri).parent.iterdir()) == ["_locks", f"ds={DS}"]
 
     def test_exception_keeps_the_old_partition(self, tmp_path):
         uri = _old_partition(tmp_path)
@@ -102,7 +102,7 @@ class TestAtomicPartition:
             Path(tmp, "part-00000.csv").write_bytes(b"half")
             raise RuntimeError("boom")
         assert Path(uri, "part-00000.csv").read_bytes() == OLD_CONTENT
-        assert sorted(p.name for p in Path(uri).parent.iterdir()) == [f"ds={DS}"]
+        assert sorted(p.name for p in Path(uri).parent.iterdir()) == ["_locks", f"ds={DS}"]
 
     def test_sigkill_midway_leaves_old_partition_and_the_next_writer_removes_the_temp(
             self, tmp_path, caplog):
@@ -133,9 +133,11 @@ class TestAtomicPartition:
             Path(fresh, "part-00000.csv").write_bytes(b"rewritten\n")
         assert not Path(tmp).exists()
         assert [r.getMessage() for r in caplog.records] == [
-            f"removed {tmp}, left behind by a writer that did not finish"]
+            f"interrupted write of {uri} ({Path(tmp).name}): rolled back: removed its "
+            "unfinished write; the partition is as before"]
         assert Path(uri, "part-00000.csv").read_bytes() == b"rewritten\n"
-        assert sorted(p.name for p in Path(area).iterdir()) == [other_day.name, f"ds={DS}"]
+        assert sorted(p.name for p in Path(area).iterdir()) == [
+            "_locks", other_day.name, f"ds={DS}"]
         assert Path(other_day, "part-00000.bin").read_bytes() == b"in progress"
 
     def test_child_that_finishes_swaps_in(self, tmp_path):
@@ -172,7 +174,7 @@ class TestRemoveStaleTemps:
             _plant(tmp_path, name)
         (tmp_path / stray_file).write_text("a temp file, not a directory")
         with caplog.at_level(logging.WARNING, logger="churn.storage"):
-            removed = remove_stale_temps(str(tmp_path), ["ds=2026-03-01", "ds=2026-03-02"],
+            removed = recover_partitions(str(tmp_path), ["ds=2026-03-01", "ds=2026-03-02"],
                                          staged_days=STAGED)
         stale = sorted([n for n, gone in AREA_ENTRIES.items() if gone] + [stray_file])
         assert sorted(Path(r).name for r in removed) == stale
@@ -183,11 +185,11 @@ class TestRemoveStaleTemps:
 
     def test_without_a_staged_range_staging_dirs_stay(self, tmp_path):
         staging = _plant(tmp_path, f"_tmp-staging-2026-03-01_2026-03-01-{HEX}")
-        assert remove_stale_temps(str(tmp_path), ["ds=2026-03-01"]) == []
+        assert recover_partitions(str(tmp_path), ["ds=2026-03-01"]) == []
         assert staging.is_dir()
 
     def test_missing_area_is_nothing_to_remove(self, tmp_path):
-        assert remove_stale_temps(str(tmp_path / "absent"), ["ds=2026-03-01"], STAGED) == []
+        assert recover_partitions(str(tmp_path / "absent"), ["ds=2026-03-01"], STAGED) == []
 
     def test_staging_dir_names_its_day_range(self):
         name = staging_dir("/data/features/", ["2026-03-01", "2026-03-04"]).rpartition("/")[2]
@@ -239,7 +241,7 @@ class TestOnS3:
         area = f"{s3_root}/labels"
         for name in AREA_ENTRIES:
             _s3_put(f"{area}/{name}/part-00000.bin", b"x")
-        removed = remove_stale_temps(area, ["ds=2026-03-01", "ds=2026-03-02"], STAGED)
+        removed = recover_partitions(area, ["ds=2026-03-01", "ds=2026-03-02"], STAGED)
         assert sorted(r.rpartition("/")[2] for r in removed) == sorted(
             n for n, gone in AREA_ENTRIES.items() if gone)
         assert _s3_names(area) == sorted(n for n, gone in AREA_ENTRIES.items() if not gone)
