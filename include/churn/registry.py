@@ -4,22 +4,41 @@ Layout under one root (local folder or `s3://`):
 
     models/<name>/<version>/        model.ubj, features.json, params.json, metrics.json,
                                     meta.json, report.html + PNGs (never rewritten)
-    models/<name>/champion.json     {"version": ..., "promoted_at": ..., "decided_by": ...}
-    models/<name>/decisions/<decided_at>-<version>.json   one gate / promote / rollback decision
+    models/<name>/champion.json     {"version": ..., "history": [...], "decision_id": ...}
+    models/<name>/champion.lock     held (flock) by whoever switches the pointer
+    models/<name>/decisions/<decided_at>-<version>-<id>.json   one gate / promote / rollback
 
 Version ids are `v<YYYYMMDD of ds>-<8 hex of the model's content>`: sortable by training day and
-unique per content. `champion.json` is only switched by `_switch_champion`, which holds a lock
-file (O_EXCL) and re-checks the pointer it read (compare-and-swap), so two concurrent gates never
-both promote on a stale view.
+unique per content. Writing a version is idempotent: the same bytes again return the existing
+version (a retried job succeeds), other bytes under that id fail and name the files that differ.
+A version counts only once complete (meta.json, written last, is there): readers never see a
+half-written one.
+
+`champion.json` is only switched under `champion.lock` (an flock the OS drops when its holder
+dies; a lock whose holder is gone, or held longer than `LockPolicy.stale_after_s`, is broken
+with a warning), after re-checking the pointer it read (compare-and-swap), so two concurrent
+gates never both promote on a stale view. Each switch writes its decision record first, as an
+intent, then the pointer, then completes the record: a crash never loses the audit record, and
+the next gate completes (pointer switched) or aborts (not switched) a dangling intent.
+
+Fault points (`churn.faults`, `CHURN_KILL_AT=<step>` makes the process SIGKILL itself there):
+`write_version:partial` (one file written), `write_version:staged` (all files written, not yet
+visible), `write_version:moved` (visible, not yet returned), `registry:locked` (champion lock
+held), `registry:intent` (intent recorded, pointer not switched), `registry:switched` (pointer
+switched, record not completed).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fcntl
 import hashlib
 import json
+import logging
 import os
+import re
+import socket
 import sys
 import time
 import uuid
@@ -32,10 +51,10 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from churn.metrics import roc_auc
-from churn.modeling import LABEL_COLUMN, FeatureSchema, load_booster, predict_proba
+from churn.faults import fault_point
+from churn.modeling import FeatureSchema, load_booster
 from churn.spec import DatasetSpec, load_spec
-from churn.training import read_labelled_frame
+from churn.training import holdout_auc, holdout_identity, read_labelled_frame
 from churn.storage import (Layout, filesystem, read_json, validate_ds, validate_name,
                            write_json_atomic)
 
@@ -46,6 +65,9 @@ METRICS_FILE = "metrics.json"
 META_FILE = "meta.json"
 REQUIRED_FILES = (MODEL_FILE, FEATURES_FILE, PARAMS_FILE, METRICS_FILE, META_FILE)
 DECISIONS_DIR = "decisions"
+LOCK_FILE = "champion.lock"
+TMP_PREFIX = "_tmp-"
+LOG = logging.getLogger(__name__)
 
 
 class RegistryError(ValueError):
@@ -104,7 +126,7 @@ def _check_model_features(model_bytes: bytes, schema: FeatureSchema, uri: str) -
 
 
 def load_model_dir(uri: str) -> ModelArtifact:
-    """Read one model version directory.
+    """Read one complete model version directory.
 
     Args:
         uri: `models/<name>/<version>` (local path or `s3://`).
@@ -113,13 +135,17 @@ def load_model_dir(uri: str) -> ModelArtifact:
         The version id (the directory name), the model bytes, its feature schema and meta.json.
 
     Raises:
-        RegistryError: the directory or one of its files is missing, the model file is not an
-            XGBoost model, its features differ from features.json, or features.json /
-            meta.json is unreadable.
+        RegistryError: the directory is missing or incomplete (no meta.json: its writer was
+            killed; a retried `write_version` completes it), one of its files is missing, the
+            model file is not an XGBoost model, its features differ from features.json, or
+            features.json / meta.json is unreadable.
     """
     uri = uri.rstrip("/")
     if _file_type(uri) != pafs.FileType.Directory:
         raise RegistryError(f"model version directory not found: {uri}")
+    if _file_type(f"{uri}/{META_FILE}") != pafs.FileType.File:
+        raise RegistryError(f"{uri}: incomplete model version (no {META_FILE}: its writer did "
+                            "not finish; retrying the write completes it)")
     model_uri = f"{uri}/{MODEL_FILE}"
     if _file_type(model_uri) != pafs.FileType.File:
         raise RegistryError(f"{uri}: no {MODEL_FILE} in the model version directory")
@@ -219,22 +245,37 @@ def version_id(ds: str, model_bytes: bytes) -> str:
 
 
 def list_versions(root: str, model_name: str) -> list[str]:
-    """Every complete version of a model, oldest first (temp dirs and decisions hidden)."""
+    """Every complete version of a model, oldest first (temp dirs, decisions and versions
+    whose writer did not finish are hidden)."""
     fs, path = filesystem(Layout(root).models(model_name))
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return []
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
     return sorted(i.base_name for i in infos
-                  if i.type == pafs.FileType.Directory and i.base_name.startswith("v"))
+                  if i.type == pafs.FileType.Directory and i.base_name.startswith("v")
+                  and _is_complete(fs, i.path))
+
+
+def _is_complete(fs: pafs.FileSystem, version_path: str) -> bool:
+    """Whether a version directory is whole: meta.json is written last, so it marks that."""
+    return fs.get_file_info(f"{version_path}/{META_FILE}").type == pafs.FileType.File
 
 
 def write_version(root: str, model_name: str, version: str, files: dict[str, bytes]) -> str:
-    """Write a new immutable version directory (locally: temp sibling, then one rename).
+    """Write an immutable version directory; writing the same bytes again returns it.
+
+    A job retried after a crash therefore succeeds: when the version already exists with
+    exactly these files and bytes, nothing is written. Locally the files go to a temporary
+    sibling `_tmp-<version>-<pid>-<hex>` that one rename makes visible, so a reader sees the
+    whole version or none; a killed writer leaves only that temporary (hidden from readers,
+    removed by the next writer of the version). On S3 (no rename) the files are written in
+    place, meta.json last: until then the version is incomplete, hidden by `list_versions` and
+    refused by `load_model_dir`, and a retry writes what is missing.
 
     Args:
         root: the data root.
         model_name: the model's name.
-        version: the new version id (see `version_id`).
+        version: the version id (see `version_id`).
         files: file name -> content; must include model.ubj, features.json, params.json,
             metrics.json and meta.json.
 
@@ -242,7 +283,8 @@ def write_version(root: str, model_name: str, version: str, files: dict[str, byt
         The version directory.
 
     Raises:
-        VersionExistsError: the version already exists (versions are never rewritten).
+        VersionExistsError: the version exists with other content (the message names the
+            version and each file that differs); versions are never rewritten.
         RegistryError: a required file is missing or the model is not an XGBoost model.
     """
     missing = [name for name in REQUIRED_FILES if name not in files]
@@ -250,29 +292,97 @@ def write_version(root: str, model_name: str, version: str, files: dict[str, byt
         raise RegistryError(f"version {version}: missing files {', '.join(missing)}")
     _check_model_bytes(files[MODEL_FILE], MODEL_FILE)
     final = Layout(root).model_version(model_name, version)
-    if _file_type(final) != pafs.FileType.NotFound:
-        raise VersionExistsError(f"model version {version} already exists at {final}")
     fs, final_path = filesystem(final)
-    if not isinstance(fs, pafs.LocalFileSystem):
-        # No directory rename on S3: write in place, meta.json last (load_model_dir needs it).
-        _write_files(fs, final_path, files)
+    if _matches_existing(fs, final_path, final, version, files):
         return final
-    tmp_path = f"{final_path.rpartition('/')[0]}/_tmp-{version}-{uuid.uuid4().hex[:8]}"
-    _write_files(fs, tmp_path, files)
     if fs.get_file_info(final_path).type != pafs.FileType.NotFound:
-        fs.delete_dir(tmp_path)
-        raise VersionExistsError(f"model version {version} already exists at {final}")
-    fs.move(tmp_path, final_path)
+        # An incomplete version whose files so far are ours: finish it in place.
+        LOG.warning("model version %s at %s is incomplete (its writer did not finish); "
+                    "writing the missing files", version, final)
+        _write_files(fs, final_path, files)
+    elif isinstance(fs, pafs.LocalFileSystem):
+        _write_by_rename(fs, final_path, final, version, files)
+    else:
+        _write_files(fs, final_path, files)
     return final
+
+
+def _matches_existing(fs: pafs.FileSystem, path: str, uri: str, version: str,
+                      files: dict[str, bytes]) -> bool:
+    """True when the version is already complete with these exact files (a retried write).
+
+    Raises:
+        VersionExistsError: a file already there differs from ours (or, for a complete
+            version, one of us has a file the other lacks).
+    """
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return False
+    complete = _is_complete(fs, path)
+    stored = {i.base_name: i.path for i in fs.get_file_info(pafs.FileSelector(path))}
+    names = set(stored) | set(files) if complete else set(stored)
+    differing = sorted(name for name in names if name not in stored or name not in files
+                       or _read_bytes(stored[name]) != files[name])
+    if differing:
+        raise VersionExistsError(
+            f"model version {version} already exists at {uri} with different content: "
+            f"{', '.join(differing)} differ(s) from what is being written. A version id names "
+            "one content and is never rewritten; train under another id or delete it by hand")
+    if complete:
+        LOG.info("model version %s already exists with identical files: reusing it", version)
+    return complete
+
+
+def _write_by_rename(fs: pafs.FileSystem, final_path: str, uri: str, version: str,
+                     files: dict[str, bytes]) -> None:
+    """Write a local version into a temporary sibling, then rename it into place (one step)."""
+    parent = final_path.rpartition("/")[0]
+    fs.create_dir(parent, recursive=True)
+    _remove_dead_temps(fs, parent, version)
+    tmp_path = f"{parent}/{TMP_PREFIX}{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    _write_files(fs, tmp_path, files)
+    fault_point("write_version:staged")
+    try:
+        os.rename(tmp_path, final_path)  # refuses a non-empty target: never merges two writes
+    except OSError:
+        fs.delete_dir(tmp_path)
+        # A concurrent writer of the same version won the rename: fine if it wrote our bytes.
+        if not _matches_existing(fs, final_path, uri, version, files):
+            raise
+    fault_point("write_version:moved")
+
+
+def _remove_dead_temps(fs: pafs.FileSystem, parent: str, version: str) -> None:
+    """Remove temporaries of this version left by writers that died (pid in the name, this
+    host: local roots only); a live writer's temporary is kept."""
+    pattern = re.compile(rf"^{TMP_PREFIX}{re.escape(version)}-(\d+)-[0-9a-f]{{8}}$")
+    for info in fs.get_file_info(pafs.FileSelector(parent, recursive=False)):
+        match = pattern.match(info.base_name)
+        if match and not _pid_alive(int(match[1])):
+            LOG.warning("removing %s: an unfinished write of %s by pid %s, which is gone",
+                        info.path, version, match[1])
+            fs.delete_dir(info.path)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process of this host with this pid exists (signal 0 only checks)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def _write_files(fs: pafs.FileSystem, directory: str, files: dict[str, bytes]) -> None:
     """Write every file into a directory, meta.json last (its presence marks completeness)."""
     fs.create_dir(directory, recursive=True)
-    for name in sorted(files, key=lambda n: n == META_FILE):
+    for position, name in enumerate(sorted(files, key=lambda n: n == META_FILE)):
         validate_name(name.replace(".", "_"), "file name")
         with fs.open_output_stream(f"{directory}/{name}") as out:
             out.write(files[name])
+        if position == 0:
+            fault_point("write_version:partial")
 
 
 def json_bytes(payload: Any) -> bytes:
@@ -292,48 +402,191 @@ class ChampionChangedError(RegistryError):
     """The champion changed between reading it and switching it (lost a compare-and-swap)."""
 
 
-@contextmanager
-def _champion_lock(root: str, model_name: str, timeout_s: float = 30.0) -> Iterator[None]:
-    """Hold `models/<name>/champion.lock` (created with O_EXCL) for a local root.
+@dataclass(frozen=True)
+class LockPolicy:
+    """How long a switch waits for `champion.lock`, and when a held lock counts as stale.
 
-    On S3 there is no exclusive create through pyarrow; the compare-and-swap in
+    A switch holds the lock for milliseconds; `stale_after_s` only bounds a holder that hangs.
+    """
+
+    timeout_s: float = 30.0
+    stale_after_s: float = 600.0
+
+
+class _HeldLock:
+    """The champion lock as held by this process: an flock on an open lock file."""
+
+    def __init__(self, path: str, handle: int | None):
+        self.path, self.handle = path, handle
+
+    def owns_path(self) -> bool:
+        """Whether the lock file at the path is still ours (not broken as stale meanwhile)."""
+        if self.handle is None:
+            return True
+        return _same_file(self.handle, self.path)
+
+    def verify(self) -> None:
+        """Raise before a write if another process broke our lock as stale (we hung)."""
+        if not self.owns_path():
+            raise RegistryError(f"lost {self.path}: another process broke it as stale while "
+                                "this one held it; not switching the champion")
+
+
+@contextmanager
+def _champion_lock(root: str, model_name: str,
+                   policy: LockPolicy = LockPolicy()) -> Iterator[_HeldLock]:
+    """Hold `models/<name>/champion.lock` for a local root; one switcher at a time.
+
+    The lock is an flock on the file, so the OS drops it when its holder dies (SIGKILL, OOM):
+    a later switcher takes it over at once and warns, naming the dead holder from the record
+    in the file (pid, host, since). A live holder makes others wait up to `policy.timeout_s`;
+    one that has held it longer than `policy.stale_after_s` is taken to hang: its file is
+    unlinked (broken, with a warning) and the hung holder, should it wake, refuses to write
+    (`_HeldLock.verify`). On S3 there is no lock through pyarrow; the compare-and-swap in
     `_switch_champion` still catches a changed pointer, but the window is not closed.
+
+    Raises:
+        RegistryError: a live holder kept the lock for longer than the timeout.
     """
     fs, models_path = filesystem(Layout(root).models(model_name))
     if not isinstance(fs, pafs.LocalFileSystem):
-        yield
+        yield _HeldLock("", None)
         return
     fs.create_dir(models_path, recursive=True)
-    lock = f"{models_path}/champion.lock"
-    stop_at = time.monotonic() + timeout_s
-    while True:
-        try:
-            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            if time.monotonic() > stop_at:
-                raise RegistryError(f"champion lock {lock} held for over {timeout_s}s; "
-                                    "remove it if no gate or promote is running") from None
-            time.sleep(0.05)  # lock back-off, bounded by the timeout
+    held = _acquire(f"{models_path}/{LOCK_FILE}", policy)
     try:
-        os.write(handle, str(os.getpid()).encode())
-        yield
+        fault_point("registry:locked")
+        yield held
     finally:
-        os.close(handle)
-        os.unlink(lock)
+        _release(held)
 
 
-def _switch_champion(root: str, model_name: str, version: str, expected: str | None,
-                     history: list[str], details: dict) -> None:
-    """Point champion.json at `version` if it still points at `expected` (under the lock)."""
-    with _champion_lock(root, model_name):
+def _acquire(path: str, policy: LockPolicy) -> _HeldLock:
+    """Take the lock at `path`, waiting for a live holder and breaking a stale one."""
+    stop_at, waited = time.monotonic() + policy.timeout_s, False
+    while True:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder, age = _holder(handle), time.time() - os.fstat(handle).st_mtime
+            stale = age > policy.stale_after_s and _same_file(handle, path)
+            if stale:  # checked on the file we judged, not on a fresh one created since
+                LOG.warning("breaking stale champion lock %s: held by %s for %.0fs (bound "
+                            "%.0fs)", path, holder, age, policy.stale_after_s)
+                _unlink_quietly(path)
+            os.close(handle)
+            if stale:
+                continue
+            if time.monotonic() > stop_at:
+                raise RegistryError(f"champion lock {path} held by {holder} for over "
+                                    f"{policy.timeout_s}s (still alive)") from None
+            if not waited:
+                LOG.warning("champion lock %s is held by %s; waiting up to %.0fs", path,
+                            holder, policy.timeout_s)
+                waited = True
+            time.sleep(0.05)  # lock back-off, bounded by the timeout
+            continue
+        if _same_file(handle, path):
+            _take_over(handle, path)
+            return _HeldLock(path, handle)
+        os.close(handle)  # the file was unlinked after we opened it: lock the new one
+
+
+def _same_file(handle: int, path: str) -> bool:
+    """Whether the open `handle` is still the file at `path` (not unlinked or replaced)."""
+    try:
+        return os.stat(path).st_ino == os.fstat(handle).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _holder(handle: int) -> dict:
+    """The holder record in a lock file: JSON {pid, host, since}, or a bare pid (old format)."""
+    text = os.pread(handle, 4096, 0).decode(errors="replace").strip()
+    if not text:
+        return {}
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return {"pid": text}
+    return record if isinstance(record, dict) else {"pid": text}
+
+
+def _take_over(handle: int, path: str) -> None:
+    """Write our holder record; warn when the file still names a holder that never released.
+
+    The lock file is unlinked on release, so a record left in it means its holder died
+    holding the lock (the OS then dropped the flock): the lock was stale and is now ours.
+    """
+    previous = _holder(handle)
+    if previous:
+        LOG.warning("broke stale champion lock %s: its holder %s is gone (it died holding "
+                    "the lock); taking it over", path, previous)
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": utc_now()}
+    os.ftruncate(handle, 0)
+    os.pwrite(handle, json.dumps(record).encode(), 0)
+
+
+def _release(held: _HeldLock) -> None:
+    """Unlink the lock file (while still holding it, so no one locks a doomed file), then
+    drop the flock; a file that is no longer ours (broken as stale) is left alone."""
+    if held.handle is None:
+        return
+    if held.owns_path():
+        _unlink_quietly(held.path)
+    os.close(held.handle)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass  # another process broke or released it first
+
+
+def _switch_champion(root: str, model_name: str, decision: dict, expected: str | None,
+                     history: list[str], policy: LockPolicy = LockPolicy()) -> None:
+    """Point champion.json at the decision's version if it still points at `expected`.
+
+    Raises:
+        ChampionChangedError: the champion is no longer `expected` (re-decide).
+    """
+    with _switching(root, model_name, decision["decided_by"], policy) as held:
         current = read_champion(root, model_name)
         current_version = current["version"] if current else None
         if current_version != expected:
             raise ChampionChangedError(
                 f"champion changed from {expected} to {current_version} while deciding")
-        write_json_atomic(Layout(root).champion(model_name),
-                          {**details, "version": version, "history": history})
+        _switch_recorded(root, model_name, decision, history, held)
+
+
+@contextmanager
+def _switching(root: str, model_name: str, by: str,
+               policy: LockPolicy = LockPolicy()) -> Iterator[_HeldLock]:
+    """Hold the champion lock with any dangling intent of a crashed switcher resolved first."""
+    with _champion_lock(root, model_name, policy) as held:
+        _resolve_intents(root, model_name, by)
+        yield held
+
+
+def _switch_recorded(root: str, model_name: str, decision: dict, history: list[str],
+                     held: _HeldLock) -> None:
+    """Under the lock: record the decision as an intent, switch the pointer, complete it.
+
+    A crash after the intent leaves a record the next switcher resolves (`_resolve_intents`):
+    the pointer names the decision it came from (`decision_id`), so it can tell whether the
+    switch happened.
+    """
+    uri = record_decision(root, model_name, decision, status=INTENT)
+    fault_point("registry:intent")
+    held.verify()
+    decision_id = _decision_id(uri)
+    write_json_atomic(Layout(root).champion(model_name),
+                      {**decision, "history": history, "decision_id": decision_id})
+    fault_point("registry:switched")
+    write_json_atomic(uri, {**decision, "decision_id": decision_id, "status": DONE,
+                            "completed_at": utc_now()})
 
 
 def _history(pointer: dict | None) -> list[str]:
@@ -347,52 +600,119 @@ def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def record_decision(root: str, model_name: str, decision: dict) -> str:
-    """Append one decision to `models/<name>/decisions/` (one file each, never rewritten)."""
+# --------------------------------------------------------------------------- decision records
+
+INTENT, DONE, ABORTED = "intent", "done", "aborted"
+
+
+def record_decision(root: str, model_name: str, decision: dict, status: str = DONE) -> str:
+    """Write one decision to `models/<name>/decisions/` (a new file each time).
+
+    A switch writes it with status "intent" before touching the pointer and rewrites it once,
+    as "done", after; a decision that switches nothing is written "done" at once.
+
+    Returns:
+        The record's URI; its name without `.json` is the record's `decision_id`.
+    """
     stamp = decision["decided_at"].replace(":", "").replace("-", "").replace(".", "")
-    name = f"{stamp}-{decision.get('version') or 'none'}-{uuid.uuid4().hex[:6]}.json"
-    uri = f"{Layout(root).models(model_name)}/{DECISIONS_DIR}/{name}"
-    write_json_atomic(uri, decision)
+    name = f"{stamp}-{decision.get('version') or 'none'}-{uuid.uuid4().hex[:6]}"
+    uri = f"{_decisions_uri(root, model_name)}/{name}.json"
+    write_json_atomic(uri, {**decision, "decision_id": name, "status": status})
     return uri
 
 
+def _decisions_uri(root: str, model_name: str) -> str:
+    return f"{Layout(root).models(model_name)}/{DECISIONS_DIR}"
+
+
+def _decision_id(uri: str) -> str:
+    return uri.rpartition("/")[2].removesuffix(".json")
+
+
 def list_decisions(root: str, model_name: str) -> list[dict]:
-    """Every recorded decision, oldest first."""
-    fs, path = filesystem(f"{Layout(root).models(model_name)}/{DECISIONS_DIR}")
+    """Every recorded decision, oldest first, each with its `status` ("intent" while a switch
+    is under way or its switcher died before the next gate resolved it, "done", "aborted")."""
+    fs, path = filesystem(_decisions_uri(root, model_name))
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return []
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
     names = sorted(i.base_name for i in infos if i.base_name.endswith(".json")
                    and not i.base_name.startswith("_"))
-    return [read_json(f"{path}/{name}") for name in names]
+    return [{"status": DONE, **read_json(f"{path}/{name}")} for name in names]
 
 
-def promote(root: str, model_name: str, version: str, decided_by: str, reason: str) -> dict:
-    """Make a version champion by hand (no gate), recording who and why.
+def _resolve_intents(root: str, model_name: str, by: str) -> list[dict]:
+    """Complete or abort the intents of switchers that died (call it holding the lock).
+
+    Holding the lock, no other switch is under way, so an intent is a crashed one: if the
+    pointer carries its `decision_id` the switch happened and the record is completed ("done"),
+    else the champion never changed and it is marked "aborted" (a retried gate decides again).
+
+    Returns:
+        The resolved records (each also logged as a warning).
+    """
+    dangling = [d for d in list_decisions(root, model_name) if d["status"] == INTENT]
+    if not dangling:
+        return []
+    pointer = read_champion(root, model_name) or {}
+    resolved = []
+    for record in dangling:
+        switched = pointer.get("decision_id") == record["decision_id"]
+        note = ("its process died after switching the pointer; record completed" if switched
+                else f"its process died before switching the pointer; the champion stayed "
+                     f"{pointer.get('version')}")
+        record = {**record, "status": DONE if switched else ABORTED, "recovered_by": by,
+                  "recovered_at": utc_now(), "recovery": note}
+        write_json_atomic(f"{_decisions_uri(root, model_name)}/{record['decision_id']}.json",
+                          record)
+        LOG.warning("decision %s (%s %s): %s", record["decision_id"], record.get("action"),
+                    record.get("version"), note)
+        resolved.append(record)
+    return resolved
+
+
+def recover_decisions(root: str, model_name: str, by: str,
+                      policy: LockPolicy = LockPolicy()) -> list[dict]:
+    """Resolve the decision intents a crashed gate, promote or rollback left (under the lock).
+
+    Args:
+        root: the data root.
+        model_name: the model's name.
+        by: who resolves them (stored in each resolved record).
+        policy: how long to wait for the champion lock.
+
+    Returns:
+        The records resolved ("done" or "aborted"), empty when none was dangling.
+    """
+    with _champion_lock(root, model_name, policy):
+        return _resolve_intents(root, model_name, by)
+
+
+def promote(root: str, model_name: str, version: str, decided_by: str, reason: str,
+            policy: LockPolicy = LockPolicy()) -> dict:
+    """Make a version champion by hand (no gate), recording who and why (intent first).
 
     Raises:
         RegistryError: the version does not exist.
     """
     load_model_dir(Layout(root).model_version(model_name, version))
-    with _champion_lock(root, model_name):
+    with _switching(root, model_name, decided_by, policy) as held:
         current = read_champion(root, model_name)
-        history = _history(current) + [version]
         decision = {"action": "promote", "version": version, "promoted": True,
                     "previous_version": current["version"] if current else None,
                     "decided_by": decided_by, "reason": reason, "decided_at": utc_now()}
-        write_json_atomic(Layout(root).champion(model_name),
-                          {**decision, "history": history})
-    record_decision(root, model_name, decision)
+        _switch_recorded(root, model_name, decision, _history(current) + [version], held)
     return decision
 
 
-def rollback(root: str, model_name: str, decided_by: str, reason: str = "manual rollback") -> dict:
-    """Point the champion back at the previously promoted version.
+def rollback(root: str, model_name: str, decided_by: str, reason: str = "manual rollback",
+             policy: LockPolicy = LockPolicy()) -> dict:
+    """Point the champion back at the previously promoted version (intent recorded first).
 
     Raises:
         RegistryError: there is no champion or no earlier one to go back to.
     """
-    with _champion_lock(root, model_name):
+    with _switching(root, model_name, decided_by, policy) as held:
         current = read_champion(root, model_name)
         history = _history(current)
         if len(history) < 2:
@@ -402,9 +722,7 @@ def rollback(root: str, model_name: str, decided_by: str, reason: str = "manual 
         decision = {"action": "rollback", "version": target, "promoted": True,
                     "previous_version": history[-1], "decided_by": decided_by,
                     "reason": reason, "decided_at": utc_now()}
-        write_json_atomic(Layout(root).champion(model_name),
-                          {**decision, "history": history[:-1]})
-    record_decision(root, model_name, decision)
+        _switch_recorded(root, model_name, decision, history[:-1], held)
     return decision
 
 
@@ -415,7 +733,12 @@ HOLDOUT_IDS_FILE = "holdout_ids.parquet"
 
 @dataclass(frozen=True)
 class GateDecision:
-    """The gate's verdict on a challenger, as recorded in `decisions/`."""
+    """The gate's verdict on a challenger, as recorded in `decisions/`.
+
+    Both AUCs come from one function (`_score_auc`) on one holdout frame, the challenger's
+    validation set, identified by `holdout_rows`, `holdout_days` and `holdout_digest`.
+    `challenger_recorded_auc` is what training wrote to metrics.json (audit only, not used).
+    """
 
     promoted: bool
     reason: str
@@ -426,6 +749,9 @@ class GateDecision:
     tolerance: float
     floor_auc: float
     holdout_rows: int
+    holdout_days: list[str]
+    holdout_digest: str
+    challenger_recorded_auc: float | None
     decided_by: str
     decided_at: str
     action: str = "gate"
@@ -456,9 +782,9 @@ def load_holdout(root: str, spec: DatasetSpec, version: str) -> pd.DataFrame:
 
 
 def _score_auc(root: str, model_name: str, version: str, holdout: pd.DataFrame) -> float:
+    """The AUC of a stored version on a holdout: the one scoring path for both gate sides."""
     artifact = load_model_dir(Layout(root).model_version(model_name, version))
-    scores = predict_proba(load_booster(artifact.model_bytes), artifact.schema, holdout)
-    return roc_auc(holdout[LABEL_COLUMN].to_numpy(), scores)
+    return holdout_auc(load_booster(artifact.model_bytes), artifact.schema, holdout)
 
 
 def _verdict(challenger_auc: float, champion_auc: float | None, tolerance: float,
@@ -477,12 +803,16 @@ def _verdict(challenger_auc: float, champion_auc: float | None, tolerance: float
 
 
 def gate(root: str, spec: DatasetSpec, version: str, holdout: pd.DataFrame | None = None,
-         decided_by: str = "gate", attempts: int = 3) -> GateDecision:
+         decided_by: str = "gate", attempts: int = 3,
+         policy: LockPolicy = LockPolicy()) -> GateDecision:
     """Decide whether a new version replaces the champion, switch atomically, record why.
 
-    The challenger's AUC is its own validation AUC (metrics.json `roc_auc`); the champion is
-    re-scored on that same holdout. If another gate switches the champion meanwhile, the
-    decision is re-taken against the new champion (compare-and-swap under a lock).
+    The challenger and the champion are scored by the same function on the same holdout (the
+    challenger's validation set); metrics.json's AUC is only kept for the record. First, the
+    dangling intents of a gate that crashed are resolved (see `recover_decisions`). A promotion
+    records its decision as an intent, switches the pointer, then completes the record. If
+    another gate switches the champion meanwhile, the decision is re-taken against the new
+    champion (compare-and-swap under the lock).
 
     Args:
         root: the data root.
@@ -491,40 +821,56 @@ def gate(root: str, spec: DatasetSpec, version: str, holdout: pd.DataFrame | Non
         holdout: the challenger's validation frame (features + label); re-read when None.
         decided_by: who asks (a DAG run id, a user name), stored in the decision.
         attempts: how often to re-decide when the champion changed underneath.
+        policy: how long to wait for the champion lock and when it is stale.
 
     Returns:
         The decision (also written under `models/<name>/decisions/`).
     """
     name = spec.model.name
-    challenger_auc = float(read_version_json(root, name, version, METRICS_FILE)["roc_auc"])
+    recover_decisions(root, name, decided_by, policy)
     holdout = load_holdout(root, spec, version) if holdout is None else holdout
+    scored = _Scored(_score_auc(root, name, version, holdout),
+                     read_version_json(root, name, version, METRICS_FILE).get("roc_auc"),
+                     holdout_identity(holdout, spec.id_column))
     for _ in range(attempts):
         current = read_champion(root, name)
-        decision = _evaluate(root, spec, version, challenger_auc, current, holdout, decided_by)
-        if decision.promoted:
-            try:
-                _switch_champion(root, name, version, decision.champion_version,
-                                 _history(current) + [version], decision.to_dict())
-            except ChampionChangedError:
-                continue
-        record_decision(root, name, decision.to_dict())
+        decision = _evaluate(root, spec, version, scored, current, holdout, decided_by)
+        if not decision.promoted:
+            record_decision(root, name, decision.to_dict())
+            return decision
+        try:
+            _switch_champion(root, name, decision.to_dict(), decision.champion_version,
+                             _history(current) + [version], policy)
+        except ChampionChangedError:
+            continue
         return decision
     raise RegistryError(f"champion of {name} kept changing; gave up after {attempts} attempts")
 
 
-def _evaluate(root: str, spec: DatasetSpec, version: str, challenger_auc: float,
+@dataclass(frozen=True)
+class _Scored:
+    """The challenger as scored once per gate: AUC, metrics.json's AUC, holdout identity."""
+
+    auc: float
+    recorded_auc: float | None
+    holdout: dict
+
+
+def _evaluate(root: str, spec: DatasetSpec, version: str, challenger: _Scored,
               current: dict | None, holdout: pd.DataFrame, decided_by: str) -> GateDecision:
-    """The decision against the champion of `current` (re-scored on the holdout)."""
+    """The decision against the champion of `current` (scored on the same holdout)."""
     champion = current["version"] if current else None
     if champion == version:
-        promoted, reason, champion_auc = False, "already the champion", challenger_auc
+        promoted, reason, champion_auc = False, "already the champion", challenger.auc
     else:
         champion_auc = _score_auc(root, spec.model.name, champion, holdout) if champion else None
-        promoted, reason = _verdict(challenger_auc, champion_auc, spec.model.gate_tolerance,
+        promoted, reason = _verdict(challenger.auc, champion_auc, spec.model.gate_tolerance,
                                     spec.model.gate_floor_auc)
-    return GateDecision(promoted, reason, version, challenger_auc, champion, champion_auc,
-                        spec.model.gate_tolerance, spec.model.gate_floor_auc, len(holdout),
-                        decided_by, utc_now())
+    recorded = None if challenger.recorded_auc is None else float(challenger.recorded_auc)
+    return GateDecision(promoted, reason, version, challenger.auc, champion, champion_auc,
+                        spec.model.gate_tolerance, spec.model.gate_floor_auc,
+                        challenger.holdout["rows"], challenger.holdout["days"],
+                        challenger.holdout["digest"], recorded, decided_by, utc_now())
 
 
 # --------------------------------------------------------------------------- CLI

@@ -131,6 +131,45 @@ def read_labelled_frame_ray(root: str, spec: DatasetSpec, days: tuple[str, ...])
     return join_labels(features.to_pandas(), labels.to_pandas(), spec.id_column)
 
 
+# ------------------------------------------------------------------------------- gate scoring
+
+
+def holdout_auc(booster, schema: FeatureSchema, holdout: pd.DataFrame) -> float:
+    """ROC AUC of a booster on a labelled holdout frame.
+
+    The gate scores the challenger and the champion with this one function on one frame, so
+    their AUCs differ only by the models.
+
+    Args:
+        booster: a binary:logistic XGBoost booster.
+        schema: the feature schema stored with that booster.
+        holdout: features joined with labels.
+
+    Returns:
+        The AUC of the booster's churn probabilities against the frame's labels.
+    """
+    from churn.metrics import roc_auc
+    from churn.modeling import predict_proba
+
+    return roc_auc(holdout[LABEL_COLUMN].to_numpy(), predict_proba(booster, schema, holdout))
+
+
+def holdout_identity(holdout: pd.DataFrame, id_column: str) -> dict:
+    """What a gate decision records to identify the frame it scored on.
+
+    Returns:
+        {"rows", "days" (sorted distinct ds), "digest"}: the digest hashes the sorted
+        (id, ds, label) triples, so two decisions with one digest scored the same rows.
+    """
+    import hashlib
+
+    keys = (holdout[[id_column, "ds", LABEL_COLUMN]].astype(str)
+            .sort_values([id_column, "ds"]).reset_index(drop=True))
+    hashed = pd.util.hash_pandas_object(keys, index=False).to_numpy().tobytes()
+    return {"rows": len(holdout), "days": sorted(keys["ds"].unique().tolist()),
+            "digest": hashlib.sha256(hashed).hexdigest()[:16]}
+
+
 def split_frame(frame: pd.DataFrame, window: TrainingWindow, seed: int,
                 id_column: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train and validation frames: by day for a time window, else stratified and grouped by

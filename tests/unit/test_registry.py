@@ -79,12 +79,39 @@ class TestLoadModelDir:
 
 
 class TestVersions:
-    def test_existing_version_is_refused(self, root, spec):
+    def test_identical_rewrite_returns_the_existing_version(self, root, spec):
         result = train_version(root, spec, RUN_DS, STRONG, rounds=5)
-        files = {name: (Path(result["version_uri"]) / name).read_bytes()
-                 for name in registry.REQUIRED_FILES}
-        with pytest.raises(registry.VersionExistsError):
-            registry.write_version(str(root), MODEL, result["version"], files)
+        version_dir = Path(result["version_uri"])
+        files = {p.name: p.read_bytes() for p in version_dir.iterdir()}
+        assert registry.write_version(str(root), MODEL, result["version"], files) == str(
+            version_dir)
+        assert {p.name: p.read_bytes() for p in version_dir.iterdir()} == files
+
+    @pytest.mark.parametrize("change", ["bytes", "extra", "missing"])
+    def test_different_content_is_refused_naming_the_file(self, root, spec, change):
+        result = train_version(root, spec, RUN_DS, STRONG, rounds=5)
+        version_dir = Path(result["version_uri"])
+        files = {p.name: p.read_bytes() for p in version_dir.iterdir()}
+        changed = {"bytes": {**files, "params.json": b"{}"},
+                   "extra": {**files, "params.json.bak": b"{}"},
+                   "missing": {k: v for k, v in files.items() if k != "roc.png"}}[change]
+        named = {"bytes": "params.json", "extra": "params.json.bak", "missing": "roc.png"}
+        with pytest.raises(registry.VersionExistsError,
+                           match=rf"{result['version']} already exists .*{named[change]}"):
+            registry.write_version(str(root), MODEL, result["version"], changed)
+        assert {p.name: p.read_bytes() for p in version_dir.iterdir()} == files
+
+    def test_incomplete_version_is_hidden_then_completed(self, root, spec):
+        result = train_version(root, spec, RUN_DS, STRONG, rounds=5)
+        version_dir = Path(result["version_uri"])
+        files = {p.name: p.read_bytes() for p in version_dir.iterdir()}
+        (version_dir / "meta.json").unlink()  # what a writer killed in place (S3) leaves
+        assert registry.list_versions(str(root), MODEL) == []
+        with pytest.raises(registry.RegistryError, match="incomplete"):
+            registry.load_model_dir(str(version_dir))
+        registry.write_version(str(root), MODEL, result["version"], files)
+        assert registry.list_versions(str(root), MODEL) == [result["version"]]
+        assert registry.load_model_dir(str(version_dir)).meta["created_at"] == RUN_DS
 
     def test_list_versions_sorted_and_hides_temps(self, root, spec):
         a = train_version(root, spec, "2026-02-08", STRONG, rounds=5)["version"]
@@ -152,6 +179,22 @@ class TestGate:
         assert [(d["version"], d["promoted"], d["decided_by"]) for d in logged] == [
             (champion, True, "run-1"), (worse["version"], False, "run-2")]
         assert logged[1]["champion_auc"] == pytest.approx(decision.champion_auc)
+        assert [d["status"] for d in logged] == ["done", "done"]
+        pointer = registry.read_champion(str(root), MODEL)
+        assert pointer["decision_id"] == logged[0]["decision_id"]
+
+    def test_both_sides_scored_on_the_same_recorded_holdout(self, root, spec):
+        champion = train_version(root, spec, RUN_DS, STRONG)["version"]
+        registry.promote(str(root), MODEL, champion, "alice", "baseline")
+        challenger = train_version(root, spec, RUN_DS, WEAK, rounds=2)
+        decision = registry.gate(str(root), spec, challenger["version"], decided_by="run-2")
+        holdout = registry.load_holdout(str(root), spec, challenger["version"])
+        assert decision.challenger_auc == pytest.approx(challenger["metrics"]["roc_auc"])
+        assert decision.challenger_recorded_auc == challenger["metrics"]["roc_auc"]
+        assert (decision.holdout_rows, decision.holdout_days) == (len(holdout), DAYS)
+        again = registry.gate(str(root), spec, challenger["version"], decided_by="run-3")
+        assert again.holdout_digest == decision.holdout_digest
+        assert again.champion_auc == decision.champion_auc
 
     def test_better_challenger_replaces_the_champion(self, root, spec):
         weak = train_version(root, spec, RUN_DS, WEAK, rounds=2)["version"]
