@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from churn import generate_model as gm
 from churn.generate_faults import (EventColumns, FaultRecord, check_faults, check_fit, inject,
                                   parse_faults)
-from churn.spec import DatasetSpec, load_spec
+from churn.spec import DatasetSpec, EventsSpec, load_spec
 from churn.storage import Layout, atomic_partition, day_number, ds_range, shift_ds, validate_ds
 from churn.storage import filesystem, write_json_atomic
 
@@ -208,14 +208,24 @@ def _id_strings(names: _Names, ids: np.ndarray) -> pa.Array:
     return pc.utf8_lpad(pa.array(ids, pa.int64()).cast(pa.string()), names.id_width, "0")
 
 
-def _timestamps(ds: str, seconds: np.ndarray, kind: str) -> pa.Array:
-    """Event timestamps within day ds, written as the spec's timestamp kind says."""
+def _timestamps(ds: str, seconds: np.ndarray, events: EventsSpec) -> pa.Array:
+    """Event timestamps within day ds (`seconds` of local wall-clock time in the spec's time
+    zone), written as the spec's timestamp kind says."""
+    kind = events.timestamp_kind
     if kind == "date":
         return pa.array(np.full(seconds.shape[0], ds, dtype=object), pa.string())
     if kind == "yyyymmdd":
         return pa.array(np.full(seconds.shape[0], ds.replace("-", ""), dtype=object), pa.string())
-    day_start = day_number(ds) * 86_400
-    return pa.array(seconds + day_start, pa.int64()).cast(pa.timestamp("s")).cast(pa.string())
+    wall_clock = seconds + day_number(ds) * 86_400
+    if kind == "datetime":  # naive: wall-clock time in the spec's zone
+        return pa.array(wall_clock, pa.int64()).cast(pa.timestamp("s")).cast(pa.string())
+    # DST: a repeated hour takes standard time, a skipped one moves on; the day stays ds.
+    instants = (pd.DatetimeIndex(pd.to_datetime(wall_clock, unit="s"))
+                .tz_localize(events.timezone, ambiguous=np.zeros(len(wall_clock), dtype=bool),
+                             nonexistent="shift_forward")
+                .tz_convert("UTC").as_unit("s").asi8)
+    unit = 1000 if kind == "epoch_millis" else 1
+    return pa.array(instants * unit, pa.int64()).cast(pa.string())
 
 
 def events_table(names: _Names, ds: str, act: gm.DayActivity) -> pa.Table:
@@ -224,7 +234,7 @@ def events_table(names: _Names, ds: str, act: gm.DayActivity) -> pa.Table:
     event_names = [gm.EVENT_TYPES[i] for i in range(len(gm.EVENT_TYPES))]
     event_names[-1] = names.churn_event
     columns = {names.spec.id_column: _id_strings(names, act.ids),
-               ev.timestamp: _timestamps(ds, act.seconds, ev.timestamp_kind)}
+               ev.timestamp: _timestamps(ds, act.seconds, ev)}
     if ev.type:
         columns[ev.type] = pa.array(event_names, pa.string()).take(pa.array(act.kinds))
     if ev.value:

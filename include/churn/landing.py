@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-from churn.ingest import IngestError
+from churn.ingest import IngestError, compression
 from churn.spec import DatasetSpec, ReadySpec
 from churn.storage import Layout, filesystem
 
@@ -95,8 +95,12 @@ def waiting_for(root: str, spec: DatasetSpec, ds: str) -> dict[str, str]:
 
 
 def landed_problems(listing: PartitionListing, ready: ReadySpec) -> list[str]:
-    """What is wrong with a partition that has landed: 0-byte files, files after the marker."""
+    """What is wrong with a partition that has landed: 0-byte files (also once decompressed),
+    compressed files that do not decompress, files after the marker."""
     problems = [f"file {f.path} is empty (0 bytes)" for f in listing.data_files if f.size == 0]
+    compressed = (_compressed_problem(f"{listing.uri.rstrip('/')}/{f.base_name}")
+                  for f in listing.data_files if f.size)
+    problems += [problem for problem in compressed if problem]
     if listing.marker is not None and listing.marker.mtime is not None:
         problems += [
             f"file {f.path} was written after the {ready.marker} marker ({f.mtime} > "
@@ -104,6 +108,24 @@ def landed_problems(listing: PartitionListing, ready: ReadySpec) -> list[str]:
             "after the last file" for f in listing.data_files
             if f.mtime is not None and f.mtime > listing.marker.mtime]
     return problems
+
+
+def _compressed_problem(uri: str) -> str | None:
+    """Why a compressed data file is not a delivery (None: it is, or it is not compressed).
+
+    Only its first decompressed byte is read: enough to tell an empty or non-gzip file, not a
+    file cut short later on (Spark's read then fails naming the file).
+    """
+    codec = compression(uri)
+    if codec is None:
+        return None
+    fs, path = filesystem(uri)
+    try:
+        with fs.open_input_stream(path, compression=codec) as src:
+            first = src.read(1)
+    except OSError as exc:
+        return f"file {uri} is not a valid {codec} file ({exc})"
+    return None if first else f"file {uri} is empty (0 bytes once decompressed)"
 
 
 def check_landed(root: str, spec: DatasetSpec, days: list[str]) -> None:

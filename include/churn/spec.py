@@ -7,7 +7,8 @@ frozen objects, so a bad file fails with the file, the field and what was expect
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -35,14 +36,34 @@ class ReadySpec(BaseModel):
 
 
 class EventsSpec(BaseModel):
-    """A daily interaction log: one row per event."""
+    """A daily interaction log: one row per event.
+
+    Uniqueness is declared, never assumed: by default (`duplicates: keep_all`) every row is a
+    real event, so identical rows (three equal purchases on one date-only day) all count.
+    `drop_exact` collapses rows identical in every column the spec reads (an at-least-once
+    producer's redeliveries; the repeats are quarantined as `duplicate_row`). `reject_conflicts`
+    needs `key`: identical rows collapse as with `drop_exact`, and rows sharing a key with
+    different values are all quarantined as `conflicting_duplicate`. Uniqueness is checked
+    within one partition day.
+
+    Timestamps are parsed as `timestamp_kind` says, and their calendar day in `timezone` must be
+    the partition day: naive date-times and dates are wall-clock time in that zone, date-times
+    with an offset and epoch values are absolute instants.
+    """
 
     model_config = _FROZEN
     format: FileFormat = "csv"
     ready: ReadySpec = ReadySpec()
     timestamp: str = Field(min_length=1)
-    # How the timestamp is written: a datetime, a date `YYYY-MM-DD`, or a date `YYYYMMDD`.
-    timestamp_kind: Literal["datetime", "date", "yyyymmdd"] = "datetime"
+    # How the timestamp is written: an ISO 8601 date-time with or without an offset, a date
+    # `YYYY-MM-DD`, a date `YYYYMMDD`, or seconds / milliseconds since 1970-01-01 UTC.
+    timestamp_kind: Literal["datetime", "date", "yyyymmdd", "epoch_seconds",
+                            "epoch_millis"] = "datetime"
+    # The IANA time zone whose calendar day is the partition day (and of naive timestamps).
+    timezone: str = "UTC"
+    # The raw columns that identify one event (e.g. [event_id]); read and required in files.
+    key: tuple[Annotated[str, Field(min_length=1)], ...] = ()
+    duplicates: Literal["keep_all", "drop_exact", "reject_conflicts"] = "keep_all"
     type: str | None = None
     # The event types that get their own feature columns (a fixed schema every day); others
     # count only in the totals. Empty: taken from the data of each run (schema may then drift).
@@ -56,6 +77,31 @@ class EventsSpec(BaseModel):
             raise ValueError("windows_days must be a non-empty list of positive day counts")
         if list(self.windows_days) != sorted(set(self.windows_days)):
             raise ValueError("windows_days must be strictly increasing, e.g. [7, 30, 90]")
+        return self
+
+    @model_validator(mode="after")
+    def _timezone_known(self) -> EventsSpec:
+        try:
+            # `localtime` names the machine's zone: the partition day would depend on the host.
+            if self.timezone in ("localtime", "posixrules"):
+                raise ValueError(self.timezone)
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone {self.timezone!r} is not an IANA time zone name, e.g. "
+                             "UTC or America/New_York") from None
+        return self
+
+    @model_validator(mode="after")
+    def _key_fits_duplicates(self) -> EventsSpec:
+        if len(set(self.key)) != len(self.key):
+            raise ValueError(f"key {list(self.key)} names a column twice")
+        if self.duplicates == "reject_conflicts" and not self.key:
+            raise ValueError("duplicates 'reject_conflicts' needs key: the columns that identify "
+                             "one event, e.g. [event_id] or [customer_id, event_ts]")
+        if self.key and self.duplicates != "reject_conflicts":
+            raise ValueError(f"key {list(self.key)} declares events unique, which only "
+                             f"duplicates 'reject_conflicts' checks (got '{self.duplicates}'); "
+                             "set duplicates: reject_conflicts or drop the key")
         return self
 
     @property
@@ -170,15 +216,17 @@ def load_spec(path: str | Path) -> DatasetSpec:
         The frozen spec.
 
     Raises:
-        SpecError: the file is missing, not YAML, or breaks the schema (message names the field).
+        SpecError: the file is missing, not YAML, or breaks the schema (message names the field
+            and ends pointing to the reference, docs/dataset-spec.md).
     """
-    path = str(path)
+    path, see = str(path), "(see docs/dataset-spec.md)"
     try:
         raw = yaml.safe_load(_read_text(path))
     except (OSError, yaml.YAMLError) as exc:
-        raise SpecError(f"{path}: cannot read dataset spec: {exc}") from exc
+        raise SpecError(f"{path}: cannot read dataset spec: {exc} {see}") from exc
     if not isinstance(raw, dict):
-        raise SpecError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+        raise SpecError(f"{path}: expected a mapping at the top level, got "
+                        f"{type(raw).__name__} {see}")
     try:
         return DatasetSpec.model_validate(raw)
     except ValidationError as exc:
@@ -186,7 +234,7 @@ def load_spec(path: str | Path) -> DatasetSpec:
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
             for err in exc.errors()
         )
-        raise SpecError(f"{path}: invalid dataset spec: {problems}") from exc
+        raise SpecError(f"{path}: invalid dataset spec: {problems} {see}") from exc
 
 
 def dump_spec(spec: DatasetSpec) -> str:

@@ -183,13 +183,26 @@ def exists(uri: str) -> bool:
 
 
 def list_partitions(area_uri: str) -> list[str]:
-    """The `ds` values of the complete partitions under an area, sorted (temp siblings hidden)."""
+    """The `ds` values of the complete partitions under an area, sorted.
+
+    Hidden entries (`_`/`.`: temporaries, locks, markers) are skipped silently. Any other entry
+    that is not a `ds=YYYY-MM-DD` directory (`dt=2024-01-03`, `ds=2024-1-3`, a stray file) is
+    never read as a day, and is logged as a warning.
+    """
     fs, path = filesystem(area_uri)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return []
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
-    days = [i.base_name[3:] for i in infos if i.type == pafs.FileType.Directory]
-    return sorted(d for d in days if is_ds(d))
+    days = []
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
+        name = info.base_name
+        if name.startswith(("_", ".")):
+            continue
+        if info.type == pafs.FileType.Directory and name.startswith("ds=") and is_ds(name[3:]):
+            days.append(name[3:])
+        else:
+            LOG.warning("ignored %s/%s: not a ds=YYYY-MM-DD partition directory",
+                        area_uri.rstrip("/"), name)
+    return sorted(days)
 
 
 def is_ds(value: str) -> bool:

@@ -35,11 +35,15 @@ LENIENT = 0.5  # reject-rate limit of the quarantine cases (the spec's own is 1%
 
 @pytest.fixture(scope="module")
 def specs(tmp_path_factory) -> dict[str, str]:
-    """Spec files: `csv` (the base), `parquet` (events as Parquet), `extra_col` (names a column
-    the data lacks)."""
+    """Spec files: `csv` (the base), `parquet` (events as Parquet), `drop_exact` and `keyed`
+    (events declare a duplicate policy), `extra_col` (names a column the data lacks)."""
     folder = tmp_path_factory.mktemp("specs")
     return {"csv": write_small_spec(folder, "csv"),
             "parquet": write_small_spec(folder, "parquet", events={"format": "parquet"}),
+            "drop_exact": write_small_spec(folder, "drop_exact",
+                                           events={"duplicates": "drop_exact"}),
+            "keyed": write_small_spec(folder, "keyed", events={
+                "key": ("customer_id", "event_ts"), "duplicates": "reject_conflicts"}),
             "extra_col": write_small_spec(folder, "extra_col",
                                     customers={"numeric": ("age", "monthly_charges", "tenure")})}
 
@@ -197,11 +201,12 @@ class TestRowFaults:
         path = raw_file(root, "events")
         frame = read_csv(path)
         append_bytes(path, csv_line(list(frame.iloc[0])), csv_line(list(frame.iloc[5])))
-        counts = assert_quarantined(build(spark, root, specs["csv"]), root, "events",
+        counts = assert_quarantined(build(spark, root, specs["drop_exact"]), root, "events",
                                     {"duplicate_row": 2}, len(frame) + 2)
         assert counts["rows_out"] == len(frame)
-        reliability_case("events: 2 rows repeated exactly", "one copy kept, the repeat "
-                         "quarantined as duplicate_row", "rows_out == clean rows", counts)
+        reliability_case("events (duplicates: drop_exact): 2 rows repeated exactly", "one copy "
+                         "kept, the repeat quarantined as duplicate_row", "rows_out == clean rows",
+                         counts)
 
     def test_conflicting_duplicates(self, spark, root, specs, reliability_case):
         events, customers = raw_file(root, "events"), raw_file(root, "customers")
@@ -214,13 +219,14 @@ class TestRowFaults:
         other_plan = snapshot.iloc[0].copy()
         other_plan["plan"] = "enterprise"
         append_bytes(customers, csv_line(list(other_plan)))
-        summary = build(spark, root, specs["csv"])
+        summary = build(spark, root, specs["keyed"])
         ev = assert_quarantined(summary, root, "events", {"conflicting_duplicate": 2},
                                 len(frame) + 1)
         cu = assert_quarantined(summary, root, "customers", {"duplicate_id": 2},
                                 len(snapshot) + 1)
         assert set(quarantine(root, "events")["amount"]) == {original, "999.5"}
-        reliability_case("events: same customer and timestamp, another amount",
+        reliability_case("events keyed by [customer_id, event_ts] (reject_conflicts): same "
+                         "customer and timestamp, another amount",
                          "both versions quarantined as conflicting_duplicate",
                          "both rows in quarantine", ev)
         reliability_case("customers: same id twice in a day's snapshot, another plan",
@@ -348,10 +354,12 @@ class TestSchemaFaults:
             build(spark, root, specs["csv"], max_reject_rate=None)
         message = str(failure.value)
         assert f"table events ds={DAY}: 5/{data_rows(path)} rows rejected" in message
-        assert "bad_number=5" in message
+        assert "bad_number=5; samples: bad_number amount='abc'" in message
         assert quarantine(root, "events")["reason"].tolist() == ["bad_number"] * 5
         fragment = read_json(Layout(str(root)).run_fragment(DAY, "ingest"))
         assert fragment["status"] == "failed"
+        assert fragment["tables"]["events"]["samples"] == {
+            "bad_number": {"column": "amount", "value": "abc"}}
         reliability_case("events: 5 text amounts (over the spec's 1% reject limit)",
                          f"quarantined, ingest.json status failed, then failed: {message}",
                          "message names table, day, count, reason", fragment["tables"]["events"])

@@ -23,8 +23,9 @@ FAULT_DAY = "2026-01-02"
 
 
 def _checksums(root: Path) -> dict[str, str]:
+    """Every written file's sha256 (the writers' empty `_locks/` files aside)."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.parent.name != "_locks"}
 
 
 def _events(root: Path, ds: str) -> pd.DataFrame:
@@ -311,6 +312,20 @@ class TestOtherSpecs:
         customers = pd.read_parquet(layout.raw("customers", START))
         assert list(customers.columns) == ["user", "tier", "age"]
         assert customers["user"].str.fullmatch(r"\d{6}").all()
+
+    @pytest.mark.parametrize(("kind", "unit"), [("epoch_seconds", 1), ("epoch_millis", 1000)])
+    def test_epoch_timestamps_fall_on_their_day_in_the_spec_zone(self, tmp_path, spec_path,
+                                                                kind, unit):
+        raw = load_spec(spec_path).model_dump()
+        raw["events"] |= {"timestamp_kind": kind, "timezone": "America/New_York"}
+        spec = DatasetSpec.model_validate(raw)
+        summary = generate(str(tmp_path), customers=100, start="2024-03-08", days=4, seed=3,
+                           spec=spec)  # 2024-03-10: New York skips 02:00-03:00
+        events = pd.concat(_events(tmp_path, ds).assign(ds=ds) for ds in summary.days)
+        local = (pd.to_datetime(events["event_ts"].astype("int64") // unit, unit="s", utc=True)
+                 .dt.tz_convert("America/New_York"))
+        assert (local.dt.strftime("%Y-%m-%d") == events["ds"]).all()
+        assert (local.dt.strftime("%Y-%m-%d") == "2024-03-10").any()
 
     @staticmethod
     def _column_spec(spec_path, horizon: int) -> DatasetSpec:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -106,7 +108,7 @@ class TestValidate:
     def test_every_reason_and_counts_add_up(self, spark, tmp_path):
         dup = GOOD_ROWS[1]
         _write(tmp_path, "events", DAY, "part-0.csv", _csv(*GOOD_ROWS, *BAD_ROWS, dup, dup))
-        result = _validate(spark, tmp_path, _spec())
+        result = _validate(spark, tmp_path, _spec(duplicates="drop_exact"))
         counts = result.counts[DAY]
         assert (counts.rows_in, counts.rows_out, counts.rows_rejected) == (13, 3, 10)
         assert counts.reasons == {"null_id": 1, "bad_timestamp": 1, "outside_partition_day": 2,
@@ -121,6 +123,12 @@ class TestValidate:
         assert set(rejected["source_file"]) == {str(tmp_path / f"raw/events/ds={DAY}/part-0.csv")}
         malformed = rejected[rejected["reason"] == "malformed_row"]["raw_record"]
         assert sorted(malformed) == sorted(r for r, why in BAD_ROWS.items() if why == MALFORMED)
+        assert counts.samples["bad_timestamp"]["value"] == "yesterday"
+        assert counts.samples["bad_number"] == {"column": "amount", "value": "ten"}
+        assert counts.samples["outside_partition_day"]["value"] == "2024-01-09 23:59:59"
+        assert counts.samples["duplicate_row"] == {"column": "customer_id", "value": "00042"}
+        assert counts.samples["malformed_row"]["column"] == "raw_record"
+        assert counts.as_dict()["samples"] == dict(sorted(counts.samples.items()))
 
     def test_valid_rows_are_typed_and_keep_leading_zeros(self, spark, tmp_path):
         _write(tmp_path, "events", DAY, "part-0.csv", _csv(*GOOD_ROWS))
@@ -201,3 +209,164 @@ class TestRejectRate:
         assert str(err.value) == ("table events ds=2024-01-10: 10/200 rows rejected (5.00% > "
                                   "1.00%); top reasons: null_id=7, bad_number=3")
         ingest.check_reject_rate("events", counts, 0.05)
+
+    def test_samples_name_the_column_and_what_a_timestamp_should_be(self):
+        counts = {DAY: ingest.DayCounts(10, 0, 10, {"bad_timestamp": 9, "null_id": 1}, samples={
+            "bad_timestamp": {"column": "event_ts", "value": "1704873600",
+                              "expected": "timestamp_kind 'datetime': an ISO 8601 date-time"},
+            "null_id": {"column": "customer_id", "value": ""}})}
+        with pytest.raises(ingest.RejectRateError) as err:
+            ingest.check_reject_rate("events", counts, 0.01)
+        assert str(err.value) == (
+            "table events ds=2024-01-10: 10/10 rows rejected (100.00% > 1.00%); top reasons: "
+            "bad_timestamp=9, null_id=1; samples: bad_timestamp event_ts='1704873600' (expected "
+            "timestamp_kind 'datetime': an ISO 8601 date-time), null_id customer_id=''")
+
+
+KEYED = "event_id,customer_id,event_ts,event_type,amount"
+
+
+def _rows(result: ingest.Validated) -> list[tuple]:
+    return sorted((r["customer_id"], r["event_type"], r["amount"])
+                  for r in result.valid.collect())
+
+
+class TestDuplicatePolicies:
+    SAME_DAY = ["1,20240110,purchase,5", "1,20240110,purchase,5", "1,20240110,purchase,5",
+                "1,20240110,purchase,7", "2,20240110,login,"]
+
+    def test_default_keeps_every_identical_event(self, spark, tmp_path):
+        _write(tmp_path, "events", DAY, "part-0.csv", _csv(*self.SAME_DAY))
+        result = _validate(spark, tmp_path, _spec(timestamp_kind="yyyymmdd"))
+        counts = result.counts[DAY]
+        assert (counts.rows_in, counts.rows_out, counts.rows_rejected) == (5, 5, 0)
+        assert _rows(result) == [("1", "purchase", 5.0)] * 3 + [("1", "purchase", 7.0),
+                                                                ("2", "login", None)]
+        assert result.rejected.count() == 0
+
+    def test_same_instant_different_types_are_two_events(self, spark, tmp_path):
+        _write(tmp_path, "events", DAY, "part-0.csv", _csv(
+            "1,2024-01-10 08:00:00,login,", "1,2024-01-10 08:00:00,usage,1"))
+        result = _validate(spark, tmp_path, _spec())
+        assert _rows(result) == [("1", "login", None), ("1", "usage", 1.0)]
+
+    def test_drop_exact_collapses_only_identical_rows(self, spark, tmp_path):
+        _write(tmp_path, "events", DAY, "part-0.csv", _csv(*self.SAME_DAY))
+        result = _validate(spark, tmp_path, _spec(timestamp_kind="yyyymmdd",
+                                                  duplicates="drop_exact"))
+        assert result.counts[DAY].reasons == {"duplicate_row": 2}
+        assert _rows(result) == [("1", "purchase", 5.0), ("1", "purchase", 7.0),
+                                 ("2", "login", None)]
+
+    def test_reject_conflicts_by_event_id(self, spark, tmp_path):
+        _write(tmp_path, "events", DAY, "part-0.csv", _csv(
+            "e1,1,2024-01-10 08:00:00,purchase,5", "e1,1,2024-01-10 08:00:00,purchase,5",
+            "e2,1,2024-01-10 08:00:00,purchase,5",  # same values, another event: kept
+            "e3,2,2024-01-10 09:00:00,purchase,5", "e3,2,2024-01-10 09:00:00,purchase,6",
+            " ,3,2024-01-10 09:00:00,login,", header=KEYED))
+        spec = _spec(key=["event_id"], duplicates="reject_conflicts")
+        result = _validate(spark, tmp_path, spec)
+        counts = result.counts[DAY]
+        assert counts.reasons == {"duplicate_row": 1, "conflicting_duplicate": 2, "null_key": 1}
+        assert (counts.rows_in, counts.rows_out) == (6, 2)
+        assert _rows(result) == [("1", "purchase", 5.0)] * 2
+        assert counts.samples["conflicting_duplicate"] == {"column": "event_id", "value": "e3"}
+        rejected = result.rejected.toPandas()
+        assert sorted(rejected[rejected["reason"] == "conflicting_duplicate"]["amount"]) == [
+            "5", "6"]
+
+    def test_timestamp_key_compares_instants(self, spark, tmp_path):
+        _write(tmp_path, "events", DAY, "part-0.csv", _csv(
+            "1,2024-01-10 08:00:00,purchase,5", "1,2024-01-10T08:00:00Z,purchase,6",
+            "2,2024-01-10 08:00:00,purchase,5"))
+        spec = _spec(key=["customer_id", "event_ts"], duplicates="reject_conflicts")
+        result = _validate(spark, tmp_path, spec)
+        assert result.counts[DAY].reasons == {"conflicting_duplicate": 2}
+        assert _rows(result) == [("2", "purchase", 5.0)]
+
+    def test_key_columns_are_required(self, spark, tmp_path):
+        bad = _write(tmp_path, "events", DAY, "part-0.csv", _csv(GOOD_ROWS[0]))
+        spec = _spec(key=["event_id"], duplicates="reject_conflicts")
+        with pytest.raises(ingest.MissingColumnError, match=f"{bad}.*event_id"):
+            _validate(spark, tmp_path, spec)
+
+
+NY = "America/New_York"
+# Around both DST changes of 2024 in New York (Mar 10 02:00 -> 03:00, Nov 3 02:00 -> 01:00):
+# naive wall-clock times (one in the spring gap, one in the autumn overlap) and instants with
+# an offset on either side of local midnight.
+DST_STAMPS = {
+    "2024-03-10": ["2024-03-10 00:30:00", "2024-03-10 02:30:00", "2024-03-10 23:30:00",
+                   "2024-03-10T04:30:00Z", "2024-03-10T05:30:00Z", "2024-03-11T03:30:00Z",
+                   "2024-03-11T04:30:00Z", "2024-03-10T23:30:00-04:00",
+                   "2024-03-11T00:30:00+01:00", "2024-03-09T23:30:00-05:00"],
+    "2024-11-03": ["2024-11-03 01:30:00", "2024-11-03 23:30:00", "2024-11-03T03:30:00Z",
+                   "2024-11-03T04:30:00Z", "2024-11-04T04:30:00Z", "2024-11-04T05:30:00Z"],
+}
+
+
+def _instant(stamp: str, zone: str) -> datetime:
+    """The reference: Python's zoneinfo reading of a raw ISO stamp (naive = wall clock)."""
+    moment = datetime.fromisoformat(stamp)
+    return moment if moment.tzinfo else moment.replace(tzinfo=ZoneInfo(zone))
+
+
+def _epoch(moment: datetime, kind: str) -> str:
+    seconds = int(moment.timestamp())
+    return str(seconds * 1000 if kind == "epoch_millis" else seconds)
+
+
+class TestTimestamps:
+    @pytest.mark.parametrize("zone", [NY, "UTC"])
+    @pytest.mark.parametrize("kind", ["datetime", "epoch_seconds", "epoch_millis"])
+    def test_partition_day_is_the_calendar_day_in_the_zone(self, spark, tmp_path, zone, kind):
+        from pyspark.sql import functions as F
+
+        expected = {}  # row id -> epoch second of a kept row, or its reject reason
+        for ds, stamps in DST_STAMPS.items():
+            rows = []
+            for n, stamp in enumerate(stamps):
+                moment = _instant(stamp, zone)
+                raw = stamp if kind == "datetime" else _epoch(moment, kind)
+                rows.append(f"{ds}-{n},{raw},login,")
+                day = moment.astimezone(ZoneInfo(zone)).date().isoformat()
+                expected[f"{ds}-{n}"] = (int(moment.timestamp()) if day == ds
+                                         else "outside_partition_day")
+            _write(tmp_path, "events", ds, "part-0.csv", _csv(*rows))
+        spec = _spec(timestamp_kind=kind, timezone=zone)
+        result = _validate(spark, tmp_path, spec, days=tuple(DST_STAMPS))
+        got = {r["customer_id"]: r["t"] for r in result.valid.select(
+            "customer_id", F.col("event_ts").cast("long").alias("t")).collect()}
+        got |= {r["customer_id"]: r["reason"] for r in result.rejected.collect()}
+        assert got == expected
+        assert 0 < sum(v == "outside_partition_day" for v in expected.values()) < len(expected)
+
+    @pytest.mark.parametrize("kind, good, bad", [
+        ("epoch_seconds", ["1704873600", "1704873600.5", "1.7048736E9"],
+         ["abc", "-5", "99999999999999999999", "2024-01-10 08:00:00"]),
+        ("epoch_millis", ["1704873600000", "1704931199999"],
+         ["1704873600000x", "", "9" * 30]),
+    ])
+    def test_epoch_kinds(self, spark, tmp_path, kind, good, bad):
+        _write(tmp_path, "events", DAY, "part-0.csv",
+               _csv(*(f"{n},{v},login," for n, v in enumerate(good + bad))))
+        result = _validate(spark, tmp_path, _spec(timestamp_kind=kind))
+        assert result.counts[DAY].rows_out == len(good)
+        assert result.counts[DAY].reasons == {"bad_timestamp": len(bad)}
+        assert {str(r["event_ts"])[:10] for r in result.valid.collect()} == {DAY}
+
+    def test_date_kind_in_a_zone_keeps_the_date(self, spark, tmp_path):
+        _write(tmp_path, "events", DAY, "part-0.csv", _csv("1,20240110,login,",
+                                                          "2,20240111,login,"))
+        result = _validate(spark, tmp_path, _spec(timestamp_kind="yyyymmdd", timezone=NY))
+        assert result.counts[DAY].reasons == {"outside_partition_day": 1}
+        (row,) = result.valid.collect()
+        assert row["customer_id"] == "1"
+
+    def test_wrong_kind_sample_says_what_was_expected(self, spark, tmp_path):
+        _write(tmp_path, "events", DAY, "part-0.csv", _csv("1,1704873600,login,"))
+        counts = _validate(spark, tmp_path, _spec()).counts[DAY]
+        assert counts.samples == {"bad_timestamp": {
+            "column": "event_ts", "value": "1704873600",
+            "expected": "timestamp_kind 'datetime': an ISO 8601 date-time, e.g. "
+                        "2024-01-10 08:00:00 or 2024-01-10T08:00:00+01:00"}}

@@ -71,6 +71,31 @@ class TestRoundTrip:
         assert spec.max_lookback_days == 89
 
 
+class TestEventDefaults:
+    def test_no_key_keeps_every_row_in_utc(self):
+        events = DatasetSpec.model_validate(BASE).events
+        assert (events.key, events.duplicates) == ((), "keep_all")
+        assert (events.timestamp_kind, events.timezone) == ("datetime", "UTC")
+
+    @pytest.mark.parametrize("kind", ["datetime", "date", "yyyymmdd", "epoch_seconds",
+                                      "epoch_millis"])
+    def test_key_zone_and_kinds_round_trip(self, tmp_path, kind):
+        raw = copy.deepcopy(BASE)
+        raw["events"].update(key=["event_id"], duplicates="reject_conflicts",
+                             timezone="America/New_York", timestamp_kind=kind)
+        loaded = load_spec(_write(tmp_path, yaml.safe_load(dump_spec(
+            DatasetSpec.model_validate(raw)))))
+        assert loaded.events.key == ("event_id",)
+        assert (loaded.events.duplicates, loaded.events.timezone) == (
+            "reject_conflicts", "America/New_York")
+        assert loaded.events.timestamp_kind == kind
+
+    def test_shipped_specs_drop_the_generators_redeliveries(self, spec_path):
+        e2e = Path(__file__).resolve().parents[1] / "e2e" / "churn_e2e.yaml"
+        for path in (spec_path, e2e):
+            assert load_spec(path).events.duplicates == "drop_exact"
+
+
 class TestBadSpecs:
     @pytest.mark.parametrize(("mutate", "field", "expect"), [
         (lambda d: d["events"].update(windows_days=[30, 7]), "events", "strictly increasing"),
@@ -81,6 +106,20 @@ class TestBadSpecs:
         (lambda d: d["label"].update(horizon_days=0), "label", "horizon_days >= 1"),
         (lambda d: d["events"].update(format="xml"), "events.format", "csv"),
         (lambda d: d.pop("events"), "<root>", "needs an 'events' table"),
+        (lambda d: d["events"].update(duplicates="reject_conflicts"), "events",
+         "'reject_conflicts' needs key"),
+        (lambda d: d["events"].update(key=["event_id"]), "events",
+         "set duplicates: reject_conflicts or drop the key"),
+        (lambda d: d["events"].update(key=["event_id"], duplicates="drop_exact"), "events",
+         "(got 'drop_exact')"),
+        (lambda d: d["events"].update(key=["id", "id"], duplicates="reject_conflicts"),
+         "events", "names a column twice"),
+        (lambda d: d["events"].update(duplicates="dedupe"), "events.duplicates", "keep_all"),
+        (lambda d: d["events"].update(timezone="Mars/Olympus"), "events",
+         "'Mars/Olympus' is not an IANA time zone name"),
+        (lambda d: d["events"].update(timezone="localtime"), "events", "not an IANA"),
+        (lambda d: d["events"].update(timestamp_kind="epoch"), "events.timestamp_kind",
+         "epoch_seconds"),
     ])
     def test_error_names_file_and_field(self, tmp_path, mutate, field, expect):
         raw = copy.deepcopy(BASE)

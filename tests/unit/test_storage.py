@@ -261,3 +261,18 @@ class TestJson:
         (area / "notes.txt").write_text("x")
         assert list_partitions(str(area)) == [DS, "2026-03-02"]
         assert list_partitions(str(tmp_path / "nothing")) == []
+
+
+class TestListPartitions:
+    def test_only_ds_directories_are_days_others_warned_hidden_silent(self, tmp_path, caplog):
+        area = tmp_path / "raw" / "events"
+        for name in (f"ds={DS}", "dt=2026-03-02", "xx=2026-03-04", "ds=2026-3-5", "ds=2026-02-30",
+                     "_tmp-ds=2026-03-03-abc", ".ds=2026-03-06", "_locks"):
+            (area / name).mkdir(parents=True)
+        (area / "ds=2026-03-07").write_text("a file, not a partition")
+        with caplog.at_level(logging.WARNING, logger="churn.storage"):
+            assert list_partitions(str(area)) == [DS]
+        assert sorted(r.getMessage() for r in caplog.records) == [
+            f"ignored {area}/{name}: not a ds=YYYY-MM-DD partition directory"
+            for name in ("ds=2026-02-30", "ds=2026-03-07", "ds=2026-3-5", "dt=2026-03-02",
+                         "xx=2026-03-04")]
