@@ -13,8 +13,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from churn.storage import Layout
+from churn.storage import Layout, ds_range
 
+# The registry tests' model, run day, matured training days, and a strong and a weak config.
+MODEL = "churn_xgb"
+RUN_DS = "2026-02-10"  # horizon 30: every January day below is matured
+DAYS = ds_range("2026-01-01", "2026-01-05")
+STRONG = {"max_depth": 3, "eta": 0.2, "min_child_weight": 1.0, "subsample": 1.0,
+          "colsample_bytree": 1.0, "lambda": 1.0}
+WEAK = {**STRONG, "max_depth": 1, "colsample_bytree": 0.2}
 PLANS = ("basic", "plus", "pro")
 PLAN_EFFECT = {"basic": 0.8, "plus": 0.0, "pro": -0.8}
 

@@ -25,7 +25,7 @@ from churn import ingest
 from churn.generate import generate
 from churn.storage import Layout, read_json
 from spark_jobs.build_features import JobArgs, run
-from tests.support.small_data import write_small_spec
+from tests.support.small_data import assert_failed, write_small_spec
 
 REPO = Path(__file__).resolve().parents[2]
 START, DAYS, DAY = "2024-01-01", 4, "2024-01-03"
@@ -143,15 +143,6 @@ def assert_quarantined(summary: dict, root: Path, table: str, reasons: dict[str,
     assert rejected["source_file"].notna().all()
     assert Path(Layout(str(root)).features(DAY)).is_dir()
     return counts
-
-
-def assert_failed(error: Exception, root: Path, *names: str) -> str:
-    """The failure names every given string (table, day, file, column) and wrote no features."""
-    message = str(error)
-    missing = [name for name in names if name not in message]
-    assert missing == [], f"{message!r} lacks {missing}"
-    assert not Path(Layout(str(root)).features(DAY)).exists()
-    return message
 
 
 def data_rows(path: Path) -> int:
@@ -295,7 +286,7 @@ class TestDayFaults:
         shutil.rmtree(raw_file(root, "events", PREVIOUS_DAY).parent)
         with pytest.raises(ingest.MissingPartitionError) as failure:
             build(spark, root, specs["csv"])
-        message = assert_failed(failure.value, root, "raw/events", PREVIOUS_DAY)
+        message = assert_failed(failure.value, root, DAY, "raw/events", PREVIOUS_DAY)
         summary = build(spark, root, specs["csv"], allow_missing=True)
         fragment = read_json(Layout(str(root)).run_fragment(DAY, "ingest"))
         assert fragment["tables"]["events"]["rows_in"] == summary["counts"]["events"][DAY][
@@ -310,7 +301,7 @@ class TestDayFaults:
         stray.write_text(read_csv(path).head(3).to_json(orient="records", lines=True))
         with pytest.raises(ingest.FormatMismatchError) as failure:
             build(spark, root, specs["csv"])
-        message = assert_failed(failure.value, root, "table events", f"ds={DAY}", str(stray))
+        message = assert_failed(failure.value, root, DAY, "table events", f"ds={DAY}", str(stray))
         reliability_case("events: a .jsonl file next to the .csv file of DAY",
                          f"failed: {message}", "message names table, day, file", None)
 
@@ -321,7 +312,7 @@ class TestDayFaults:
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
         with pytest.raises(ingest.CorruptFileError) as failure:
             build(spark, root, specs["parquet"])
-        message = assert_failed(failure.value, root, "table events", f"ds={DAY}", str(path))
+        message = assert_failed(failure.value, root, DAY, "table events", f"ds={DAY}", str(path))
         reliability_case("events (Parquet): DAY's file cut in half",
                          f"failed: {message}", "message names table, day, file", None)
 
@@ -332,7 +323,7 @@ class TestSchemaFaults:
         edit_csv(path, lambda f: f.drop(columns=["amount"]))
         with pytest.raises(ingest.MissingColumnError) as failure:
             build(spark, root, specs["csv"])
-        message = assert_failed(failure.value, root, "table events", f"ds={DAY}", str(path),
+        message = assert_failed(failure.value, root, DAY, "table events", f"ds={DAY}", str(path),
                                 "amount")
         reliability_case("events: DAY's file lacks the amount column", f"failed: {message}",
                          "message names table, day, file, column", None)
@@ -341,7 +332,7 @@ class TestSchemaFaults:
         with pytest.raises(ingest.MissingColumnError) as failure:
             build(spark, root, specs["extra_col"])
         first = raw_file(root, "customers", START)  # the first file the job checks
-        message = assert_failed(failure.value, root, "table customers", f"ds={START}",
+        message = assert_failed(failure.value, root, DAY, "table customers", f"ds={START}",
                                 str(first), "tenure")
         reliability_case("spec: customers.numeric names `tenure`, which no file has",
                          f"failed: {message}", "message names table, day, file, column", None)

@@ -27,7 +27,7 @@ from churn.generate import generate
 from churn.landing import NotLandedError
 from churn.storage import Layout, read_json
 from spark_jobs.build_features import JobArgs, run
-from tests.support.small_data import read_partition, write_small_spec
+from tests.support.small_data import assert_failed, read_partition, write_small_spec
 
 START, DAYS, DAY, PREVIOUS_DAY = "2024-01-01", 4, "2024-01-03", "2024-01-02"
 LENIENT = 0.5  # reject-rate limit of the cases that quarantine rows on purpose
@@ -115,15 +115,6 @@ def day_counts(summary: dict, root: Path, table: str) -> dict:
     return counts
 
 
-def assert_failed(error: Exception, root: Path, *names: str) -> str:
-    """The failure names every given string (table, day, file, column) and wrote no features."""
-    message = str(error)
-    missing = [name for name in names if name not in message]
-    assert missing == [], f"{message!r} lacks {missing}"
-    assert not Path(Layout(str(root)).features(DAY)).exists()
-    return message
-
-
 def spark_text(value: str) -> str:
     """A raw field as the job keeps it: Spark's CSV parser turns a CRLF inside quotes into LF."""
     return value.replace("\r\n", "\n")
@@ -185,7 +176,7 @@ class TestCompressedFiles:
         path.unlink()
         with pytest.raises(NotLandedError) as failure:
             build(spark, root, specs["csv"])
-        message = assert_failed(failure.value, root, "table events", f"ds={DAY}", str(empty),
+        message = assert_failed(failure.value, root, DAY, "table events", f"ds={DAY}", str(empty),
                                 "empty")
         reliability_case("events: DAY's file is a gzip of 0 bytes", f"failed: {message}",
                          "message names table, day, file", None)
@@ -213,7 +204,7 @@ class TestHeaders:
         write_rfc4180(path, [rows[0] + [second]] + [r + ["1"] for r in rows[1:]])
         with pytest.raises(ingest.DuplicateColumnError) as failure:
             build(spark, root, specs["csv"])
-        message = assert_failed(failure.value, root, "table events", f"ds={DAY}", str(path),
+        message = assert_failed(failure.value, root, DAY, "table events", f"ds={DAY}", str(path),
                                 "'amount'", repr(second))
         reliability_case(f"events header holds amount and {second!r}", f"failed: {message}",
                          "message names table, day, file, both columns", None)
@@ -280,7 +271,7 @@ class TestPartitionAndFileNames:
         with caplog.at_level(logging.WARNING, logger="churn.storage"), \
                 pytest.raises(ingest.MissingPartitionError) as failure:
             build(spark, root, specs["csv"])
-        message = assert_failed(failure.value, root, "raw/events", PREVIOUS_DAY)
+        message = assert_failed(failure.value, root, DAY, "raw/events", PREVIOUS_DAY)
         warned = [r.getMessage() for r in caplog.records if r.name == "churn.storage"]
         assert warned == [f"ignored {area}/dt={PREVIOUS_DAY}: not a ds=YYYY-MM-DD partition "
                           "directory"]

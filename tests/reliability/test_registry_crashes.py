@@ -30,17 +30,12 @@ from churn import registry
 from churn.faults import KILL_AT_ENV
 from churn.modeling import load_booster
 from churn.spec import load_spec
-from churn.storage import Layout, ds_range
+from churn.storage import Layout
 from churn.training import holdout_auc
-from tests.model.synthetic_frames import train_version, write_days
+from tests.model.synthetic_frames import (DAYS, MODEL, RUN_DS, STRONG, WEAK, train_version,
+                                       write_days)
 from tests.support.processes import REPO_ROOT, child_env
 
-MODEL = "churn_xgb"
-RUN_DS = "2026-02-10"  # horizon 30: every January day below is matured
-DAYS = ds_range("2026-01-01", "2026-01-05")
-STRONG = {"max_depth": 3, "eta": 0.2, "min_child_weight": 1.0, "subsample": 1.0,
-          "colsample_bytree": 1.0, "lambda": 1.0}
-WEAK = {**STRONG, "max_depth": 1, "colsample_bytree": 0.2}
 KILLED = -signal.SIGKILL
 
 TRAIN_CHILD = """

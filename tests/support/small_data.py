@@ -37,3 +37,13 @@ def read_partition(root: str | Path, area: str, ds: str, table: str | None = Non
     """One written partition as a frame sorted by its rows (no index), for exact comparison."""
     frame = pd.read_parquet(Layout(str(root)).partition(area, ds, table))
     return frame.sort_values(list(frame.columns)).reset_index(drop=True)
+
+
+def assert_failed(error: Exception, root: str | Path, day: str, *names: str) -> str:
+    """A failed job's message names every given string (table, day, file, column), and the
+    day got no features partition; returns the message."""
+    message = str(error)
+    missing = [name for name in names if name not in message]
+    assert missing == [], f"{message!r} lacks {missing}"
+    assert not Path(Layout(str(root)).features(day)).exists()
+    return message

@@ -13,15 +13,9 @@ import pytest
 
 from churn import registry
 from churn.spec import load_spec
-from churn.storage import Layout, ds_range, write_json_atomic
-from tests.model.synthetic_frames import train_version, write_days
-
-MODEL = "churn_xgb"
-RUN_DS = "2026-02-10"  # horizon 30: every January day below is matured
-DAYS = ds_range("2026-01-01", "2026-01-05")
-STRONG = {"max_depth": 3, "eta": 0.2, "min_child_weight": 1.0, "subsample": 1.0,
-          "colsample_bytree": 1.0, "lambda": 1.0}
-WEAK = {**STRONG, "max_depth": 1, "colsample_bytree": 0.2}
+from churn.storage import Layout, write_json_atomic
+from tests.model.synthetic_frames import (DAYS, MODEL, RUN_DS, STRONG, WEAK, train_version,
+                                       write_days)
 
 
 @pytest.fixture(scope="module")
