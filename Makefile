@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 RUN := source scripts/env.sh &&
 
-.PHONY: setup demo test test-fast bench ray-up ray-down airflow clean
+.PHONY: setup demo test test-fast reliability-table bench ray-up ray-down airflow clean
 
 setup:
 	@bash scripts/setup.sh
@@ -10,8 +10,14 @@ setup:
 demo: setup
 	@$(RUN) bash scripts/demo.sh
 
+# Two xdist workers, one module (one shared world) per worker at a time: see tests/conftest.py.
 test: setup
-	@$(RUN) python -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
+	@$(RUN) python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --no-loadscope-reorder \
+		--durations=25 $(PYTEST_ARGS)
+
+# The reliability table of the last `make test` (written under build/), as the tracked copy.
+reliability-table:
+	cp build/reliability_cases.json bench/results/reliability_cases.json
 
 bench: setup
 	@$(RUN) bash scripts/bench.sh

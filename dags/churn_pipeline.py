@@ -37,8 +37,9 @@ from airflow.sdk import Asset, Param, TriggerRule, dag, task
 
 from churn.pipeline import resolve_spec_path
 from churn_airflow.notify import failure_notifiers
-from churn_airflow.operators.ray_job import SubmitRayJobOperator, churn_runtime_env
+from churn_airflow.operators.ray_job import SubmitRayJobOperator
 from churn_airflow.params import dataset_spec_param, emr_cluster_id_param
+from churn_airflow.ray_runtime import churn_runtime_env
 from churn_airflow.spark import spark_job, spark_params
 from churn_airflow.timetables import DayIntervalTimetable
 

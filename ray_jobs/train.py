@@ -6,6 +6,10 @@
 Runs on the cluster named by RAY_ADDRESS (a Ray job gets it set), or starts a local Ray. The last
 log line is the result JSON (version, metrics, best params, timings), which the Airflow operator
 pushes to XCom; the same JSON goes to `--result-file` when given.
+
+This file holds only the Ray side: the connection, the Tune search (`tune_search`, a
+`churn.model_version.Search`) and the CLI. Reading the window, scoring, refitting and writing the
+version are `churn.model_version.train_model`.
 """
 
 from __future__ import annotations
@@ -13,36 +17,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import churn
-from churn import registry, training
-from churn.metrics import classification_metrics, render_report
-from churn.modeling import LABEL_COLUMN, FeatureSchema, infer_schema, load_booster, predict_proba
+from churn import model_version, training
+from churn.model_version import Search, SearchResult, TrainSettings
+from churn.modeling import FeatureSchema, load_booster
+from churn.registry import MODEL_FILE
 from churn.spec import DatasetSpec, load_spec
 from churn.storage import write_json_atomic
+from churn.versions import code_version, package_version
 
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
     import xgboost
 
-
-def _code_version() -> dict:
-    """churn's version plus the git sha of the checkout, when there is one."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5, cwd=Path(__file__).resolve().parent).stdout
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return {"churn": churn.__version__, "git_sha": sha.strip() or None}
+CREATED_BY = "ray_jobs/train.py"
 
 
 def _connect(address: str | None) -> bool:
@@ -53,6 +47,19 @@ def _connect(address: str | None) -> bool:
         return False
     ray.init(address=address, logging_level="WARNING", log_to_driver=False)
     return True
+
+
+@contextmanager
+def _ray_session(address: str | None) -> Iterator[None]:
+    """Ray connected for the block (`_connect`), shut down after it if this job started it."""
+    owns_ray = _connect(address)
+    try:
+        yield
+    finally:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
 
 
 def search_cpus(driver_cpus: float = 0.0) -> float:
@@ -127,142 +134,42 @@ def _storage_path(root: str) -> str:
 def _best_booster(best) -> xgboost.Booster:
     """The model saved in the best trial's checkpoint."""
     with best.checkpoint.as_directory() as checkpoint_dir:
-        return load_booster((Path(checkpoint_dir) / training.MODEL_FILE).read_bytes())
+        return load_booster((Path(checkpoint_dir) / MODEL_FILE).read_bytes())
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What the search produced, ready to be written as a registry version."""
+def tune_search(data: training.Matrices, frames: tuple[pd.DataFrame, pd.DataFrame],
+                schema: FeatureSchema, settings: TrainSettings, root: str) -> SearchResult:
+    """The job's `Search`: `run_search` on the cluster's CPUs minus the driver's, runs under root.
 
-    booster: xgboost.Booster
-    schema: FeatureSchema
-    valid: pd.DataFrame
-    scores: np.ndarray
-    config: dict
-    rounds: int
-    window: training.TrainingWindow
-    plan: training.TrialPlan
-    train_rows: int
+    Returns:
+        The best trial's config, its checkpointed booster and the resource plan.
+    """
+    best, plan = run_search(data, frames, schema, settings.trials, settings.workers,
+                            settings.max_concurrent, settings.boost, _storage_path(root),
+                            settings.search_space, search_cpus(settings.driver_cpus))
+    return SearchResult(best.config, _best_booster(best), plan)
 
 
-def _version_files(outcome: Outcome, params: dict, metrics: dict, meta: dict,
-                   title: str) -> dict[str, bytes]:
-    """Every file of the new version: model, schema, params, metrics, meta, report PNGs."""
-    booster = outcome.booster
-    files = {registry.MODEL_FILE: bytes(booster.save_raw("ubj")),
-             registry.FEATURES_FILE: outcome.schema.to_json().encode(),
-             registry.PARAMS_FILE: registry.json_bytes(params),
-             registry.METRICS_FILE: registry.json_bytes(metrics),
-             registry.META_FILE: registry.json_bytes(meta)}
-    files.update(render_report(outcome.valid[LABEL_COLUMN].to_numpy(), outcome.scores,
-                               booster.get_score(importance_type="gain"), metrics, title))
-    return files
-
-
-def _holdout_ids(valid, id_column: str) -> bytes:
-    import io
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(valid[[id_column, "ds"]], preserve_index=False), buffer)
-    return buffer.getvalue()
-
-
-def train_model(root: str, spec: DatasetSpec, ds: str, trials: int = 8,
-                train_days: int | None = None,
-                workers: int = 1, max_concurrent: int | None = None, seed: int = 42,
-                num_boost_round: int = 300, early_stopping_rounds: int | None = 20,
-                search: bool = True, ray_address: str | None = None, driver_cpus: float = 0.0,
-                created_by: str = "ray_jobs/train.py") -> dict:
-    """Assemble the training set, tune, evaluate, and write a new model version.
+def train_model(root: str, spec: DatasetSpec, ds: str, settings: TrainSettings,
+                search: Search = tune_search, ray_address: str | None = None,
+                created_by: str = CREATED_BY) -> dict:
+    """`churn.model_version.train_model` on Ray: connected around the read (Ray Data) and search.
 
     Args:
-        root: the data root (features/, labels/, models/ under it).
-        spec: the dataset spec (id column, horizon, model settings).
-        ds: the run's day; trains on matured days ≤ ds − horizon.
-        trials: Tune trials.
-        train_days: days in the window (default spec.model.train_days).
-        workers: 1 = each trial calls xgboost.train; > 1 = each trial runs Train V2 with W workers.
-        max_concurrent: upper bound on concurrent trials.
-        seed: seed of the split, the search and xgboost.
-        num_boost_round: maximum boosting rounds.
-        early_stopping_rounds: stop when validation AUC has not improved for this many rounds.
-        search: False = one trial of DEFAULT_PARAMS (benchmarks).
+        root, spec, ds, settings: as for `churn.model_version.train_model` (settings: the flags).
+        search: finds the best config and booster (default: the Tune search).
         ray_address: Ray to connect to (default RAY_ADDRESS or a new local Ray).
-        driver_cpus: CPUs reserved for this job's entrypoint (the Jobs API's
-            `entrypoint_num_cpus`), left out of the search's plan.
-        created_by: recorded in meta.json.
+        created_by: recorded in meta.json, next to code_version and package_version.
 
     Returns:
         The result: version, version_uri, metrics, best params, window, timings.
     """
-    timings, started = {}, time.perf_counter()
-    window = training.training_window(root, spec, ds, train_days or spec.model.train_days)
-    settings = training.BoostSettings(num_boost_round, early_stopping_rounds, seed)
-    shape = {"trials": trials, "workers": workers, "max_concurrent": max_concurrent,
-             "search": search, "driver_cpus": driver_cpus}
-    owns_ray = _connect(ray_address)
-    try:
-        outcome = _search_and_fit(root, spec, window, settings, shape, timings)
-    finally:
-        if owns_ray:
-            import ray
-
-            ray.shutdown()
-    return write_model_version(root, spec, ds, outcome, created_by, timings, started)
-
-
-def _search_and_fit(root: str, spec: DatasetSpec, window: training.TrainingWindow,
-                    settings: training.BoostSettings, shape: dict, timings: dict) -> Outcome:
-    """Read and split the window, run the search, pick (and maybe refit) the best model."""
-    clock = time.perf_counter()
-    train, valid = training.load_split(root, spec, window, settings.seed,
-                                       training.read_labelled_frame_ray)
-    schema = infer_schema(train, spec.id_column)
-    data = training.encode(schema, train, valid)
-    timings["read_s"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    best, plan = run_search(data, (train, valid), schema, shape["trials"], shape["workers"],
-                            shape["max_concurrent"], settings, _storage_path(root),
-                            shape["search"], search_cpus(shape["driver_cpus"]))
-    timings["tune_s"] = time.perf_counter() - clock
-    booster = _best_booster(best)
-    scores = predict_proba(booster, schema, valid, nthread=plan.nthread)
-    rounds = booster.num_boosted_rounds()
-    if spec.model.refit_on_full:
-        clock = time.perf_counter()
-        booster = training.refit_booster(best.config, (train, valid), schema, rounds,
-                                         plan.nthread, settings)
-        timings["refit_s"] = time.perf_counter() - clock
-    return Outcome(booster, schema, valid, scores, best.config, rounds, window, plan, len(train))
-
-
-def write_model_version(root: str, spec: DatasetSpec, ds: str, outcome: Outcome, created_by: str,
-                   timings: dict, started: float) -> dict:
-    """Compute metrics and the report, write the version, and build the result JSON."""
-    clock = time.perf_counter()
-    window = outcome.window
-    metrics = {**classification_metrics(outcome.valid[LABEL_COLUMN].to_numpy(), outcome.scores),
-               "holdout": window.holdout, "train_rows": outcome.train_rows,
-               "best_iteration": outcome.rounds - 1, "refit_on_full": spec.model.refit_on_full}
-    params = {k: v for k, v in training.booster_params(outcome.config, 1, 0).items()
-              if k not in ("nthread", "seed")}
-    params["num_boost_round"] = outcome.rounds
-    meta = {"ds": ds, "created_at": ds, "created_by": created_by, "window": window.to_meta(),
-            "code_version": _code_version(), "model_name": spec.model.name,
-            "dataset": spec.name, "plan": asdict(outcome.plan), "best_config": outcome.config}
-    version = registry.version_id(ds, bytes(outcome.booster.save_raw("ubj")))
-    files = _version_files(outcome, params, metrics, meta, f"{spec.model.name} {version}")
-    if window.holdout == "random":
-        files[registry.HOLDOUT_IDS_FILE] = _holdout_ids(outcome.valid, spec.id_column)
-    uri = registry.write_version(root, spec.model.name, version, files)
-    timings["write_s"] = time.perf_counter() - clock
-    timings["total_s"] = time.perf_counter() - started
-    return {"version": version, "version_uri": uri, "model_name": spec.model.name,
-            "metrics": metrics, "params": params, "window": window.to_meta(),
-            "timings": {k: round(v, 3) for k, v in timings.items()}}
+    provenance = {"created_by": created_by,
+                  "code_version": code_version(Path(__file__).resolve().parent),
+                  "package_version": package_version()}
+    return model_version.train_model(root, spec, ds, settings, search,
+                                     reader=training.read_labelled_frame_ray,
+                                     session=_ray_session(ray_address), provenance=provenance)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -285,12 +192,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: train, write the version, print the result JSON as the last log line."""
     args = _parse_args(argv)
-    result = train_model(args.root, load_spec(args.spec), args.ds, trials=args.trials,
-                         train_days=args.train_days, workers=args.workers,
-                         max_concurrent=args.max_concurrent, seed=args.seed,
-                         num_boost_round=args.num_boost_round,
-                         ray_address=os.environ.get("RAY_ADDRESS"),
-                         driver_cpus=args.driver_cpus)
+    settings = TrainSettings(trials=args.trials, train_days=args.train_days, workers=args.workers,
+                             max_concurrent=args.max_concurrent, seed=args.seed,
+                             num_boost_round=args.num_boost_round, driver_cpus=args.driver_cpus)
+    result = train_model(args.root, load_spec(args.spec), args.ds, settings,
+                         ray_address=os.environ.get("RAY_ADDRESS"))
     if args.result_file:
         write_json_atomic(args.result_file, result)
     sys.stdout.flush()

@@ -81,6 +81,6 @@ while [[ "$day" < "$end" || "$day" == "$end" ]]; do
 done
 
 echo
-python -m churn.pipeline summary --root "$root" --spec "$spec" --start "$first_run" --end "$end"
+python -m churn.demo summary --root "$root" --spec "$spec" --start "$first_run" --end "$end"
 echo
 echo "Demo finished in $(( $(date +%s) - began ))s. Explore these runs in the UI: make ray-up && make airflow"

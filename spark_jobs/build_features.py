@@ -157,7 +157,7 @@ def _publish_ingest(layout, spec, plan, checked: dict, args: JobArgs) -> None:
     for ds in plan.feature_days:
         tables = {t: (None if ds in plan.missing.get(t, []) else r.counts[ds].as_dict())
                   for t, r in checked.items()}
-        over = any(r.counts[ds].reject_rate > max_rate for r in checked.values())
+        over = any(r.counts[ds].over_limit(max_rate) for r in checked.values())
         payload = manifest.ingest_fragment(ds, tables, max_rate, "failed" if over else "ok")
         manifest.write_fragment(layout, ds, "ingest", payload)
     for table, result in checked.items():

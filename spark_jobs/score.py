@@ -18,7 +18,8 @@ import time
 from collections.abc import Sequence
 
 from churn import manifest
-from churn.registry import ModelArtifact, champion_uri, check_version_uri, load_model_dir
+from churn.champion import champion_uri
+from churn.registry import ModelArtifact, check_version_uri, load_model_dir
 from churn.scoring import SCORES_DDL, batch_scorer, check_features
 from churn.spark import build_session, to_spark_uri
 from churn.spec import load_spec

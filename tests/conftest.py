@@ -45,3 +45,27 @@ def ray_head():
 def spec_path() -> Path:
     """The synthetic data set's spec file."""
     return SPEC_PATH
+
+
+# Modules whose shared worlds take minutes: they start first, each on its own xdist worker, so
+# the short modules fill the other worker around them (see `make test`).
+LONGEST_FIRST = ("tests/e2e/", "tests/reliability/test_backfill_recovery.py")
+
+
+def _xdist_group(item) -> str:
+    """One group per module (its module fixtures are built once, on one worker); the e2e
+    modules form one group, since they share a session world and run on it in order."""
+    path = item.path.relative_to(REPO_ROOT).as_posix()
+    return "tests/e2e/" if path.startswith("tests/e2e/") else path
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Group tests for `pytest -n 2 --dist loadgroup`, longest groups first (stable otherwise)."""
+    def rank(item) -> int:
+        group = _xdist_group(item)
+        return next((i for i, prefix in enumerate(LONGEST_FIRST) if group.startswith(prefix)),
+                    len(LONGEST_FIRST))
+
+    items.sort(key=rank)
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))

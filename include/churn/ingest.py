@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import pyarrow.fs as pafs
 
 from churn.spec import DatasetSpec
-from churn.storage import Layout, ds_range, filesystem, shift_ds
+from churn.storage import Layout, ds_range, exists, filesystem, list_child_infos, shift_ds
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -123,6 +123,17 @@ class DayCounts:
     def reject_rate(self) -> float:
         """Rejected ÷ read (0 for an empty day)."""
         return self.rows_rejected / self.rows_in if self.rows_in else 0.0
+
+    def over_limit(self, max_rate: float) -> bool:
+        """Whether the day rejected more than `max_rate` of its rows (the day then fails).
+
+        Args:
+            max_rate: the spec's `validation.max_reject_rate` or the job's override (0..1).
+
+        Returns:
+            True when the reject rate is strictly above the limit (an empty day never is).
+        """
+        return self.reject_rate > max_rate
 
     def as_dict(self) -> dict:
         """The JSON form written to the run fragment (`extra_columns`, `samples` only when there
@@ -265,11 +276,9 @@ def list_data_files(partition_uri: str) -> list[str] | None:
     Hidden `_`/`.` entries (markers, checksums) are skipped silently. A visible subdirectory is
     not read either, but with a warning: its files would otherwise vanish without a trace.
     """
-    fs, path = filesystem(partition_uri)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+    if not exists(partition_uri):
         return None
-    infos = [i for i in fs.get_file_info(pafs.FileSelector(path, recursive=False))
-             if not i.base_name.startswith(("_", "."))]
+    infos = list_child_infos(partition_uri)
     prefix = partition_uri.rstrip("/")
     for skipped in (i for i in infos if i.type == pafs.FileType.Directory):
         LOG.warning("%s/%s: a subdirectory of a raw partition is not read", prefix,
@@ -958,7 +967,7 @@ def check_reject_rate(table: str, counts: dict[str, DayCounts], max_rate: float)
     """
     problems = []
     for ds, day in sorted(counts.items()):
-        if day.reject_rate > max_rate:
+        if day.over_limit(max_rate):
             top = sorted(day.reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
             reasons = ", ".join(f"{name}={n}" for name, n in top)
             samples = ", ".join(_describe_sample(name, day.samples[name])

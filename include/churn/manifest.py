@@ -6,13 +6,14 @@ Each step writes its own fragment atomically; the DAG's publish step merges them
 
 from __future__ import annotations
 
-from churn import __version__
 from churn.storage import Layout, write_json_atomic
+from churn.versions import package_version
 
 
 def fragment(step: str, ds: str, **fields: object) -> dict:
-    """A fragment payload: the step, the day, the code version and the step's own fields."""
-    return {"step": step, "ds": ds, "code_version": __version__, **fields}
+    """A fragment payload: the step, the day, the `churn` package version and the step's own
+    fields."""
+    return {"step": step, "ds": ds, "package_version": package_version(), **fields}
 
 
 def ingest_fragment(ds: str, tables: dict[str, dict | None], max_reject_rate: float,

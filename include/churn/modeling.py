@@ -92,6 +92,41 @@ def infer_schema(frame: pd.DataFrame, id_column: str) -> FeatureSchema:
     return FeatureSchema(features, categorical)
 
 
+def check_model_bytes(model_bytes: bytes) -> None:
+    """Refuse, unread, anything that is not an XGBoost JSON/UBJ model.
+
+    JSON and UBJ models both open an object with '{'; a pickle (0x80...) is never looked into.
+
+    Args:
+        model_bytes: the content of a model file.
+
+    Raises:
+        ValueError: the bytes do not start like an XGBoost model.
+    """
+    if model_bytes.lstrip()[:1] != b"{":
+        raise ValueError("not an XGBoost JSON/UBJ model (refusing to load it)")
+
+
+def check_model_features(booster, schema: FeatureSchema) -> None:
+    """Check that a booster was trained on the schema's features (names, else their count).
+
+    Args:
+        booster: an `xgboost.Booster`.
+        schema: the schema stored next to the model (`features.json`).
+
+    Raises:
+        ValueError: the booster's feature names (or, when it stores none, their count) differ
+            from the schema's.
+    """
+    names = list(booster.feature_names or [])
+    if names and names != list(schema.features):
+        raise ValueError(f"the model's features {names} do not match "
+                         f"features.json {list(schema.features)}")
+    if booster.num_features() != len(schema.features):
+        raise ValueError(f"the model has {booster.num_features()} features, "
+                         f"features.json lists {len(schema.features)}")
+
+
 def load_booster(model_bytes: bytes):
     """Load an XGBoost model from its UBJ/JSON bytes (never unpickles).
 
@@ -100,9 +135,7 @@ def load_booster(model_bytes: bytes):
     """
     import xgboost
 
-    if model_bytes.lstrip()[:1] != b"{":
-        # JSON and UBJ models both open an object with '{'; a pickle (0x80...) is refused unread.
-        raise ValueError("not an XGBoost JSON/UBJ model (refusing to load it)")
+    check_model_bytes(model_bytes)
     booster = xgboost.Booster()
     try:
         booster.load_model(bytearray(model_bytes))

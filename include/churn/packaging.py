@@ -3,6 +3,9 @@
 The zip is built at run time (never at DAG parse time) from the installed package's sources. Its
 name carries a digest of its content, so the same code always gives the same file (and the same
 S3 key), and a changed file gives a new one; an existing zip of that content is reused.
+
+What ships is the package minus `LOCAL_ONLY`, the modules no job runs; Ray's upload of the
+package (`ray_excludes`, used by `churn_airflow.ray_runtime`) leaves out the same files.
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 PACKAGE_NAME = "churn"
+# Modules that run only where the repo is checked out, never in a Spark or Ray job: the synthetic
+# data generator (raw days, their faults and the oracle, for tests and the demo) and the demo's
+# summary. No shipped module imports them (tests/unit/test_packaging.py checks it), so they stay
+# out of what is shipped: a job runs only the code it needs.
+LOCAL_ONLY = frozenset({"generate.py", "generate_model.py", "generate_faults.py", "demo.py"})
 _EXCLUDED_DIRS = {"__pycache__"}
 _EXCLUDED_SUFFIXES = {".pyc", ".pyo"}
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: same sources, same bytes
@@ -27,7 +35,8 @@ def package_dir() -> Path:
 
 
 def package_files(source: Path) -> list[Path]:
-    """The files to ship from a package directory, sorted, without caches and bytecode.
+    """The files to ship from a package directory, sorted, without caches, bytecode and the
+    `LOCAL_ONLY` modules.
 
     Args:
         source: the package directory.
@@ -40,7 +49,20 @@ def package_files(source: Path) -> list[Path]:
         if path.is_file()
         and not _EXCLUDED_DIRS.intersection(path.relative_to(source).parts)
         and path.suffix not in _EXCLUDED_SUFFIXES
+        and path.relative_to(source).as_posix() not in LOCAL_ONLY
     )
+
+
+def ray_excludes() -> list[str]:
+    """`runtime_env` `excludes` patterns (gitignore syntax, relative to each uploaded directory)
+    that leave out of a `py_modules` upload of the package what `package_files` leaves out.
+
+    Ray applies them to the job's `working_dir` as well: a `LOCAL_ONLY` name at its top, a
+    cache or bytecode there is not uploaded either.
+    """
+    return [*(f"{name}/" for name in sorted(_EXCLUDED_DIRS)),
+            *(f"*{suffix}" for suffix in sorted(_EXCLUDED_SUFFIXES)),
+            *(f"/{name}" for name in sorted(LOCAL_ONLY))]
 
 
 def digest_files(paths: Iterable[Path], root: Path | None = None) -> str:

@@ -1,4 +1,4 @@
-"""The daily DAG's own steps: training-due decision, champion check, gate call, manifest, summary.
+"""The daily DAG's own steps: training-due decision, champion check, gate call, manifest.
 
 `dags/churn_pipeline.py` only wires tasks; each of its Python callables calls one function here.
 Everything is keyed on the run's `ds` (never `now()`), reads and writes under one data root, and
@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import time
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-LIBRARIES = ("churn", "apache-airflow", "apache-airflow-providers-apache-spark",
-             "apache-airflow-providers-amazon", "pyspark", "ray", "xgboost-cpu", "pandas",
-             "pyarrow", "scikit-learn")
 INGEST_STEP, FEATURES_STEP, DECIDE_STEP, TRAIN_STEP, GATE_STEP, SCORE_STEP = (
     "ingest", "features", "decide", "train", "gate", "score")
 
@@ -163,7 +158,7 @@ def decide_training(root: str, spec_path: str, ds: str, *, every_days: int, forc
     Returns:
         The decision.
     """
-    from churn.registry import champion_uri
+    from churn.champion import champion_uri
     from churn.spec import load_spec
     from churn.training import matured_days
 
@@ -193,7 +188,7 @@ def scoring_model(root: str, spec_path: str, ds: str, *, skip_scoring: bool) -> 
     Returns:
         `models/<name>/<version>` of the champion, or None.
     """
-    from churn.registry import champion_uri
+    from churn.champion import champion_uri
     from churn.spec import load_spec
 
     model_name = load_spec(spec_path).model.name
@@ -228,7 +223,7 @@ def run_gate(root: str, spec_path: str, ds: str, train_result: dict, decided_by:
     Raises:
         ValueError: the training result names no model version.
     """
-    from churn.registry import gate
+    from churn.gate import gate
     from churn.spec import load_spec
 
     result = train_result.get("result") or {}
@@ -262,34 +257,6 @@ def _write_fragment(root: str, ds: str, step: str, payload: dict) -> None:
     write_fragment(Layout(root), ds, step, fragment(step, ds, **payload))
 
 
-def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str | None]:
-    """Installed versions of the libraries that shape the outputs (None when not installed)."""
-    versions: dict[str, str | None] = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def code_version(repo_root: str | Path) -> str:
-    """The code's version: env `CHURN_CODE_VERSION`, else the git commit (+`-dirty`), else
-    `unknown` (an image built without `.git`)."""
-    pinned = os.environ.get("CHURN_CODE_VERSION")
-    if pinned:
-        return pinned
-    try:
-        commit = subprocess.run(["git", "-C", str(repo_root), "rev-parse", "--short=12", "HEAD"],
-                                capture_output=True, text=True, check=True, timeout=10).stdout
-        dirty = subprocess.run(["git", "-C", str(repo_root), "status", "--porcelain",
-                                "--untracked-files=no"], capture_output=True, text=True,
-                               check=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit.strip() + ("-dirty" if dirty.strip() else "")
-
-
 def read_fragments(root: str, ds: str, steps: list[str]) -> dict[str, dict]:
     """The JSON fragments of the given steps for ds (a missing one is left out)."""
     from churn.storage import Layout, exists, read_json
@@ -321,8 +288,8 @@ def publish_manifest(root: str, ds: str, *, run: dict, repo_root: str) -> dict:
     Returns:
         The manifest.
     """
-    from churn.storage import parquet_rows
-    from churn.storage import Layout, write_json_atomic
+    from churn.storage import Layout, parquet_rows, write_json_atomic
+    from churn.versions import code_version, library_versions, package_version
 
     trained = bool(read_fragments(root, ds, [DECIDE_STEP]).get(DECIDE_STEP, {}).get("train"))
     steps = [INGEST_STEP, FEATURES_STEP, DECIDE_STEP, *([TRAIN_STEP, GATE_STEP] if trained else []),
@@ -345,6 +312,7 @@ def publish_manifest(root: str, ds: str, *, run: dict, repo_root: str) -> dict:
         "timings": step_seconds(fragments),
         "steps": fragments,
         "code_version": code_version(repo_root),
+        "package_version": package_version(),
         "libraries": library_versions(),
     }
     write_json_atomic(layout.manifest(ds), manifest)
@@ -352,159 +320,3 @@ def publish_manifest(root: str, ds: str, *, run: dict, repo_root: str) -> dict:
              manifest["model_version"])
     return manifest
 
-
-# ------------------------------------------------------------------------------ demo summary
-
-
-def _read_partition(uri: str, columns: list[str] | None = None):
-    """One partition's Parquet files as a pandas frame (empty frame when absent)."""
-    import pandas as pd
-    import pyarrow.parquet as pq
-
-    from churn.storage import exists, filesystem
-
-    if not exists(uri):
-        return pd.DataFrame(columns=columns or [])
-    fs, path = filesystem(uri)
-    return pq.read_table(path, filesystem=fs, columns=columns).to_pandas()
-
-
-def oracle_auc(root: str, id_column: str, days: list[str]) -> float | None:
-    """AUC of the generator's true churn probabilities against the matured labels of `days`:
-    the best AUC any model can expect on those days (None when undefined)."""
-    import pandas as pd
-
-    from churn.metrics import roc_auc
-    from churn.storage import Layout
-
-    layout = Layout(root)
-    frames = []
-    for day in days:
-        labels = _read_partition(layout.labels(day), [id_column, "label"])
-        oracle = _read_partition(layout.oracle(day), [id_column, "churn_probability"])
-        frames.append(labels.merge(oracle, on=id_column, how="inner"))
-    joined = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    try:
-        return roc_auc(joined["label"].to_numpy(), joined["churn_probability"].to_numpy())
-    except (KeyError, ValueError):
-        return None
-
-
-def champion_summary(root: str, spec_path: str) -> dict | None:
-    """The champion's version, validation AUC, the oracle AUC on its validation days, report path."""
-    from churn.registry import META_FILE, METRICS_FILE, read_champion, read_version_json
-    from churn.spec import load_spec
-    from churn.storage import Layout
-
-    spec = load_spec(spec_path)
-    pointer = read_champion(root, spec.model.name)
-    if pointer is None:
-        return None
-    version = pointer["version"]
-    metrics = read_version_json(root, spec.model.name, version, METRICS_FILE)
-    window = read_version_json(root, spec.model.name, version, META_FILE).get("window", {})
-    validation_days = list(window.get("validation_days") or [])
-    return {"version": version, "roc_auc": metrics.get("roc_auc"),
-            "oracle_auc": oracle_auc(root, spec.id_column, validation_days),
-            "validation_days": validation_days,
-            "report": f"{Layout(root).model_version(spec.model.name, version)}/report.html"}
-
-
-def day_summary(root: str, ds: str) -> dict:
-    """One day as its manifest tells it: rows per table, predictions, training and gate."""
-    from churn.storage import Layout, exists, read_json
-
-    uri = Layout(root).manifest(ds)
-    if not exists(uri):
-        return {"ds": ds, "published": False}
-    manifest = read_json(uri)
-    gate_step = manifest.get("gate") or {}
-    return {"ds": ds, "published": True, "tables": manifest.get("tables", {}),
-            "trained": manifest.get("trained"), "promoted": gate_step.get("promoted"),
-            "gate_reason": gate_step.get("reason"), "scored": manifest.get("scored"),
-            "model_version": manifest.get("model_version"),
-            "prediction_rows": (manifest.get("rows") or {}).get("predictions")}
-
-
-def top_at_risk(root: str, ds: str, count: int = 10) -> list[dict]:
-    """The `count` customers with the highest churn probability in ds's predictions."""
-    from churn.storage import Layout
-
-    frame = _read_partition(Layout(root).predictions(ds), ["customer_id", "churn_probability"])
-    top = frame.sort_values(["churn_probability", "customer_id"], ascending=[False, True])
-    return top.head(count).to_dict("records")
-
-
-def demo_summary(root: str, spec_path: str, days: list[str]) -> dict:
-    """Everything the demo prints: per-day rows, champion vs oracle, top customers, paths."""
-    from churn.storage import Layout
-
-    layout = Layout(root)
-    scored = [d for d in days if day_summary(root, d).get("scored")]
-    return {"root": layout.root, "days": [day_summary(root, d) for d in days],
-            "champion": champion_summary(root, spec_path),
-            "top_at_risk": top_at_risk(root, scored[-1]) if scored else [],
-            "top_at_risk_ds": scored[-1] if scored else None,
-            "paths": {area: layout.area(area) for area in
-                      ("features", "labels", "predictions", "quarantine", "runs", "models")}}
-
-
-def format_summary(summary: dict) -> str:
-    """The demo summary as the text block `make demo` prints."""
-    lines = [f"Data root: {summary['root']}", "", "Days processed:"]
-    for day in summary["days"]:
-        if not day["published"]:
-            lines.append(f"  {day['ds']}  (no manifest: the run did not publish)")
-            continue
-        rows = ", ".join(f"{table} in={c.get('rows_in')} out={c.get('rows_out')} "
-                         f"rejected={c.get('rows_rejected')}"
-                         for table, c in sorted(day["tables"].items()) if isinstance(c, dict))
-        train = ("trained, " + ("promoted" if day["promoted"] else "kept champion")
-                 if day["trained"] else "no training")
-        score = (f"scored {day['prediction_rows']} rows with {day['model_version']}"
-                 if day["scored"] else "not scored (no champion)")
-        lines.append(f"  {day['ds']}  {rows} | {train} | {score}")
-    champion = summary["champion"]
-    lines.append("")
-    if champion is None:
-        lines.append("Champion: none yet")
-    else:
-        lines += [f"Champion: {champion['version']}  validation AUC {_fmt(champion['roc_auc'])}"
-                  f"  (oracle AUC on the same days {_fmt(champion['oracle_auc'])})",
-                  f"Model report: {champion['report']}"]
-    if summary["top_at_risk"]:
-        lines += ["", f"Top {len(summary['top_at_risk'])} at-risk customers on "
-                      f"{summary['top_at_risk_ds']}:"]
-        lines += [f"  {row['customer_id']:>12}  {row['churn_probability']:.3f}"
-                  for row in summary["top_at_risk"]]
-    lines += ["", "Outputs (Parquet, Hive partitions ds=YYYY-MM-DD):"]
-    lines += [f"  {area:12} {path}" for area, path in summary["paths"].items()]
-    return "\n".join(lines)
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m churn.pipeline summary --root R --spec S --start D1 --end D2`."""
-    import argparse
-    import json
-
-    from churn.storage import ds_range
-
-    parser = argparse.ArgumentParser(prog="python -m churn.pipeline")
-    parser.add_argument("command", choices=["summary"])
-    parser.add_argument("--root", required=True)
-    parser.add_argument("--spec", required=True)
-    parser.add_argument("--start", required=True)
-    parser.add_argument("--end", required=True)
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    args = parser.parse_args(argv)
-    summary = demo_summary(args.root, args.spec, ds_range(args.start, args.end))
-    print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

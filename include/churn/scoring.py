@@ -2,20 +2,23 @@
 
 The Spark job (`spark_jobs/score.py`) broadcasts the model's UBJ bytes and maps each partition's
 Arrow batches through `score_batches`. The booster is built from the bytes once per Python
-worker process (cached by content digest), never once per batch, and never unpickled.
+worker process (cached by content digest), never once per batch, and never unpickled. When
+`CHURN_BUILD_LOG_DIR` is set (tests only), every build appends a line to `<dir>/<pid>.builds`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterable, Iterator
 
 import pandas as pd
 
-from churn.modeling import FeatureSchema, MissingFeatureError, load_booster, predict_proba
+from churn.modeling import FeatureSchema, load_booster, predict_proba
 
 PREDICTION_COLUMNS = ("customer_id", "churn_probability", "model_version", "ds")
 SCORES_DDL = "customer_id string, churn_probability double"
+BUILD_LOG_ENV = "CHURN_BUILD_LOG_DIR"
 
 # Boosters already built in this process, keyed by the SHA-256 of their model bytes.
 _BOOSTERS: dict[str, object] = {}
@@ -38,20 +41,33 @@ def cached_booster(model_bytes: bytes):
     key = model_digest(model_bytes)
     booster = _BOOSTERS.get(key)
     if booster is None:
-        booster = _BOOSTERS.setdefault(key, load_booster(model_bytes))
+        booster = _BOOSTERS.setdefault(key, _build_booster(model_bytes, key))
+    return booster
+
+
+def _build_booster(model_bytes: bytes, key: str):
+    """Load a booster; with `CHURN_BUILD_LOG_DIR` set, append `key` to `<dir>/<pid>.builds`.
+
+    The log lets a test count builds per Spark Python worker; unset, it is a no-op.
+    """
+    booster = load_booster(model_bytes)
+    log_dir = os.environ.get(BUILD_LOG_ENV)
+    if log_dir:
+        with open(os.path.join(log_dir, f"{os.getpid()}.builds"), "a") as log:
+            log.write(f"{key}\n")
     return booster
 
 
 def check_features(schema: FeatureSchema, columns: Iterable[str]) -> None:
     """Fail early, naming them, when columns lack features the model was trained on.
 
+    The check is the schema's own (`FeatureSchema.to_matrix`), on the column names only: the
+    frame it encodes has no rows.
+
     Raises:
         MissingFeatureError: at least one feature of the schema is absent.
     """
-    present = set(columns)
-    missing = [name for name in schema.features if name not in present]
-    if missing:
-        raise MissingFeatureError(f"features missing from the input: {', '.join(missing)}")
+    schema.to_matrix(pd.DataFrame(columns=list(dict.fromkeys(columns))))
 
 
 def probabilities_frame(booster, schema: FeatureSchema, frame: pd.DataFrame, *, id_column: str,

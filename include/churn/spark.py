@@ -2,13 +2,14 @@
 
 Jobs and tests call `build_session` and never branch on the environment themselves. On a cluster
 (EMR, or `spark-submit --master yarn`), spark-submit sets `spark.master` and we leave it alone;
-locally the master defaults to `local[*]`.
+locally the master defaults to `local[*]`. The environment is read once, when `build_session`
+runs (never at import); `resolve_master` and `session_conf` take it as an argument.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -22,32 +23,36 @@ _CREDENTIALS_PROVIDER = (
 )
 
 
-def resolve_master(master: str | None) -> str | None:
+def resolve_master(master: str | None, env: Mapping[str, str]) -> str | None:
     """The master to set on the builder, or None when spark-submit already chose one.
 
     Args:
         master: an explicit master (`local[2]`, `yarn`, ...), or None.
+        env: the process environment (`os.environ` when the session is built).
 
     Returns:
-        `master` when given; else `SPARK_MASTER` from the environment; else None when this
-        python was launched by spark-submit (its `--master`, default `local[*]`, already holds);
-        else `local[*]`.
+        `master` when given; else `SPARK_MASTER` from `env`; else None when this python was
+        launched by spark-submit (its `--master`, default `local[*]`, already holds); else
+        `local[*]`.
     """
     if master:
         return master
-    if os.environ.get("SPARK_MASTER"):
-        return os.environ["SPARK_MASTER"]
-    if os.environ.get("PYSPARK_GATEWAY_PORT"):
+    if env.get("SPARK_MASTER"):
+        return env["SPARK_MASTER"]
+    if env.get("PYSPARK_GATEWAY_PORT"):
         return None
     return "local[*]"
 
 
-def session_conf(master: str | None, arrow_batch_size: int | None) -> dict[str, str]:
+def session_conf(master: str | None, arrow_batch_size: int | None,
+                 env: Mapping[str, str]) -> dict[str, str]:
     """The settings every session gets (pure: testable without starting Spark).
 
     Args:
         master: the resolved master (None: chosen by the launcher, treated as a cluster).
         arrow_batch_size: rows per Arrow batch for pandas UDFs (None: the default).
+        env: the process environment: `SPARK_LOCAL_IP`, `AWS_ENDPOINT_URL` and
+            `PYSPARK_PYTHON` are read from it.
 
     Returns:
         Spark conf keys and values.
@@ -64,17 +69,17 @@ def session_conf(master: str | None, arrow_batch_size: int | None) -> dict[str, 
         "spark.ui.showConsoleProgress": "false",
     }
     if local:
-        conf["spark.driver.host"] = os.environ.get("SPARK_LOCAL_IP", "127.0.0.1")
+        conf["spark.driver.host"] = env.get("SPARK_LOCAL_IP", "127.0.0.1")
         conf["spark.ui.enabled"] = "false"
         # Local Spark has no `s3://` handler: route it to S3A with the default AWS credential
         # chain. A cluster (EMR) keeps its own handler for `s3://` (EMRFS, instance role).
         conf["spark.hadoop.fs.s3.impl"] = "org.apache.hadoop.fs.s3a.S3AFileSystem"
         conf["spark.hadoop.fs.s3a.aws.credentials.provider"] = _CREDENTIALS_PROVIDER
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = env.get("AWS_ENDPOINT_URL")
     if endpoint:
         conf["spark.hadoop.fs.s3a.endpoint"] = endpoint
         conf["spark.hadoop.fs.s3a.path.style.access"] = "true"
-    python = os.environ.get("PYSPARK_PYTHON")
+    python = env.get("PYSPARK_PYTHON")
     if python:
         conf["spark.pyspark.python"] = python
         conf["spark.executorEnv.PYSPARK_PYTHON"] = python
@@ -101,12 +106,13 @@ def build_session(
     """
     from pyspark.sql import SparkSession
 
-    resolved = resolve_master(master)
+    env = dict(os.environ)
+    resolved = resolve_master(master, env)
     builder = SparkSession.builder.appName(app_name)
     if resolved is not None:
         builder = builder.master(resolved)
     extra = {str(k): str(v) for k, v in (extra_conf or {}).items()}
-    for key, value in {**session_conf(resolved, arrow_batch_size), **extra}.items():
+    for key, value in {**session_conf(resolved, arrow_batch_size, env), **extra}.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     if "spark.sql.shuffle.partitions" not in extra:

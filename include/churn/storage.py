@@ -182,6 +182,39 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def _all_children(uri: str) -> list[pafs.FileInfo]:
+    """Every entry directly under a directory, hidden ones included; empty when it is absent."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    return fs.get_file_info(pafs.FileSelector(path, recursive=False))
+
+
+def is_hidden(name: str) -> bool:
+    """Whether an entry's name hides it from readers: `_` (temporaries `_tmp-`/`_ready-`/`_old-`,
+    `_locks`, markers like `_SUCCESS`) or `.` (checksums, dot files)."""
+    return name.startswith(("_", "."))
+
+
+def list_child_infos(uri: str) -> list[pafs.FileInfo]:
+    """The visible entries directly under a directory (see `is_hidden`), sorted by name.
+
+    Args:
+        uri: a local path or any pyarrow filesystem URI (`s3://…`).
+
+    Returns:
+        Their `pyarrow.fs.FileInfo`s (name and type); empty when the directory does not exist.
+    """
+    return sorted((i for i in _all_children(uri) if not is_hidden(i.base_name)),
+                  key=lambda i: i.base_name)
+
+
+def list_children(uri: str) -> list[str]:
+    """The sorted names of the visible entries directly under a directory (`list_child_infos`);
+    empty when the directory does not exist."""
+    return [info.base_name for info in list_child_infos(uri)]
+
+
 def list_partitions(area_uri: str) -> list[str]:
     """The `ds` values of the complete partitions under an area, sorted.
 
@@ -189,14 +222,9 @@ def list_partitions(area_uri: str) -> list[str]:
     that is not a `ds=YYYY-MM-DD` directory (`dt=2024-01-03`, `ds=2024-1-3`, a stray file) is
     never read as a day, and is logged as a warning.
     """
-    fs, path = filesystem(area_uri)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return []
     days = []
-    for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
+    for info in list_child_infos(area_uri):
         name = info.base_name
-        if name.startswith(("_", ".")):
-            continue
         if info.type == pafs.FileType.Directory and name.startswith("ds=") and is_ds(name[3:]):
             days.append(name[3:])
         else:
@@ -296,10 +324,8 @@ def recover_partitions(area_uri: str, names: Iterable[str],
         The URIs removed or moved (each is logged, with what it means).
     """
     fs, area_path = filesystem(area_uri)
-    if fs.get_file_info(area_path).type == pafs.FileType.NotFound:
-        return []
     names, handled = set(names), []
-    children = fs.get_file_info(pafs.FileSelector(area_path, recursive=False))
+    children = _all_children(area_uri)
     leftovers = sorted((m for m in (_PARTITION_TEMP.match(c.base_name) for c in children)
                         if m and m["name"] in names),
                        key=lambda m: (m["name"], [READY_MARKER, OLD_MARKER, TMP_MARKER]
@@ -353,11 +379,9 @@ def _has_token(fs: pafs.FileSystem, partition_path: str, token: str) -> bool:
 
 def _remove_children(parent_uri: str, matches: Callable[[str], bool]) -> list[str]:
     """Delete the files and directories directly under `parent_uri` whose name matches."""
-    fs, path = filesystem(parent_uri)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return []
+    fs, _ = filesystem(parent_uri)
     removed = []
-    for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
+    for info in _all_children(parent_uri):
         if not matches(info.base_name):
             continue
         _delete(fs, info.path, info.type == pafs.FileType.Directory)

@@ -7,8 +7,9 @@ Two execution shapes share the same parameters and report the same metrics:
 * `train_driver_trial` (W > 1): a Tune function trainable that runs a Ray Train V2
   `XGBoostTrainer` whose workers run `train_fn_per_worker` on Ray Data shards.
 
-Both save the early-stopped booster (trees up to the best iteration) as `model.ubj` in the
-reported checkpoint, so the driver picks the best trial's model without retraining.
+Both save the early-stopped booster (`cut_at_best`: trees up to the best iteration) as the
+registry's model file in the reported checkpoint, so the driver picks the best trial's model
+without retraining.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import numpy as np
 import pandas as pd
 
 from churn.modeling import LABEL_COLUMN, FeatureSchema
+from churn.registry import MODEL_FILE
 from churn.spec import DatasetSpec
 from churn.storage import Layout, ds_range, list_partitions, shift_ds
 
-MODEL_FILE = "model.ubj"
 HOLDOUT_FRACTION = 0.2
 SEARCHED = ("max_depth", "eta", "min_child_weight", "subsample", "colsample_bytree", "lambda")
 DEFAULT_PARAMS = {"max_depth": 6, "eta": 0.1, "min_child_weight": 1.0, "subsample": 0.9,
@@ -260,7 +261,11 @@ def fit_booster(config: dict, data: Matrices, nthread: int, settings: BoostSetti
                             evals=[(dvalid, "valid")], evals_result=evals_log,
                             early_stopping_rounds=settings.early_stopping_rounds,
                             verbose_eval=False)
-    return _cut_at_best(booster, evals_log["valid"])
+    booster = cut_at_best(booster)
+    best = booster.num_boosted_rounds() - 1
+    valid_log = evals_log["valid"]
+    return booster, {"auc": float(valid_log["auc"][best]),
+                     "logloss": float(valid_log["logloss"][best]), "best_iteration": best}
 
 
 def refit_booster(config: dict, frames: tuple[pd.DataFrame, ...], schema: FeatureSchema,
@@ -284,19 +289,23 @@ def frame_dmatrix(schema: FeatureSchema, frame: pd.DataFrame, nthread: int):
                            feature_names=list(schema.features), nthread=nthread)
 
 
-def _cut_at_best(booster, valid_log: dict):
-    """Keep the trees up to the best iteration; return the booster and metrics at that round."""
-    best = getattr(booster, "best_iteration", None)
-    rounds = len(valid_log["auc"])
-    best = rounds - 1 if best is None else int(best)
-    if best + 1 < booster.num_boosted_rounds():
-        booster = booster[: best + 1]
-    return booster, {"auc": float(valid_log["auc"][best]),
-                     "logloss": float(valid_log["logloss"][best]), "best_iteration": best}
+def cut_at_best(booster):
+    """The booster's trees up to its best iteration (early stopping's); all of them without one.
+
+    Args:
+        booster: a trained booster; early stopping set its `best_iteration` attribute.
+
+    Returns:
+        A booster of `best_iteration + 1` rounds, or `booster` itself when nothing is cut.
+    """
+    best = booster.attr("best_iteration")
+    if best is not None and int(best) + 1 < booster.num_boosted_rounds():
+        return booster[: int(best) + 1]
+    return booster
 
 
 def _report_with_model(booster, metrics: dict) -> None:
-    """Report trial metrics to Tune with the booster saved as the checkpoint's model.ubj."""
+    """Report trial metrics to Tune with the booster saved as the checkpoint's model file."""
     from ray import tune
 
     with tempfile.TemporaryDirectory() as checkpoint_dir:
@@ -373,10 +382,7 @@ def train_driver_trial(config: dict, datasets: dict, schema_json: str, shape: Tr
         run_config=RunConfig(name=f"train-trial_id={tune.get_context().get_trial_id()}",
                              storage_path=shape.storage_path))
     result = trainer.fit()
-    booster = RayTrainReportCallback.get_model(result.checkpoint)
-    best = booster.attr("best_iteration")
-    if best is not None and int(best) + 1 < booster.num_boosted_rounds():
-        booster = booster[: int(best) + 1]
+    booster = cut_at_best(RayTrainReportCallback.get_model(result.checkpoint))
     _report_with_model(booster, _score_valid(booster, datasets["valid"].to_pandas(), schema_json))
 
 

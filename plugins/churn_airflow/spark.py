@@ -4,8 +4,8 @@
     group = spark_job(job="score", job_args=["--root", "{{ ... }}", "--ds", "{{ ds }}"],
                       task_id="score")
 
-Inside the group a branch reads `{{ params.spark_mode }}` (`local` | `emr`; default: env
-`CHURN_SPARK_MODE`, else `local`) and runs one of:
+Inside the group a branch reads `{{ params.spark_mode }}` (`local` | `emr`; empty, the default:
+the worker's env `CHURN_SPARK_MODE` when the task runs, else `local`) and runs one of:
 
 * local: `spark-submit` through `SparkSubmitOperator` (connection `spark_default`, e.g.
   `local[*]`), the `churn` package zipped at run time and shipped with `--py-files`;
@@ -57,17 +57,21 @@ def spark_params() -> dict[str, Param]:
     """The DAG params the factory reads (merge them into the DAG's `params`).
 
     Returns:
-        `spark_mode` (default: env `CHURN_SPARK_MODE` or `local`) and `emr_cluster_id`.
+        `spark_mode` (default empty: `resolve_mode` picks the mode when the task runs) and
+        `emr_cluster_id`.
     """
     return {
-        "spark_mode": Param(os.environ.get("CHURN_SPARK_MODE", "local"), enum=list(SPARK_MODES),
-                            description="local spark-submit or a step on an EMR cluster"),
+        "spark_mode": Param("", type="string", enum=["", *SPARK_MODES],
+                            values_display={"": "default (worker's CHURN_SPARK_MODE, else local)"},
+                            description="local spark-submit or a step on an EMR cluster (empty: "
+                                        "env CHURN_SPARK_MODE of the worker, else local)"),
         "emr_cluster_id": emr_cluster_id_param(),
     }
 
 
 def resolve_mode(params: dict[str, Any]) -> str:
-    """The Spark mode of this run: `params.spark_mode`, else env `CHURN_SPARK_MODE`, else local.
+    """The Spark mode of this run, read when the task runs: `params.spark_mode`, else the
+    worker's env `CHURN_SPARK_MODE`, else `local`.
 
     Raises:
         ValueError: the mode is not one of `SPARK_MODES`.

@@ -98,6 +98,7 @@ class TestChurnPipelineShape:
         assert args["--driver-cpus"] == str(train.entrypoint_num_cpus)
         assert "churn_ray_namespace" in train.namespace
         assert train.runtime_env["py_modules"] == [str(REPO_ROOT / "include" / "churn")]
+        assert {"/generate.py", "/demo.py"} <= set(train.runtime_env["excludes"])  # local only
 
     def test_spark_and_emr_tasks_have_timeouts(self, dag):
         for task in dag.tasks:
@@ -123,7 +124,7 @@ class TestParams:
 
     def test_defaults(self, dag):
         values = dag.params.validate()
-        assert values["spark_mode"] == "local"
+        assert values["spark_mode"] == ""  # resolved when the task runs
         assert values["force_retrain"] is False
         assert values["skip_scoring"] is False
         assert values["tune_trials"] == 4
@@ -141,6 +142,24 @@ class TestParams:
         with pytest.raises(ParamValidationError):
             params[name] = value
             params.validate()
+
+    def test_spark_mode_is_read_from_the_env_when_the_task_runs(self, dag, monkeypatch):
+        from churn_airflow.spark import choose_branch
+
+        monkeypatch.setenv("CHURN_SPARK_MODE", "emr")
+        params = dag.params.validate()
+        assert choose_branch("score", params=params) == "score.upload_code"
+        monkeypatch.delenv("CHURN_SPARK_MODE")
+        assert choose_branch("score", params=params) == "score.spark_submit"
+        assert choose_branch("score", params={**params, "spark_mode": "emr"}) == "score.upload_code"
+
+    def test_parsing_reads_no_spark_mode_from_the_env(self, tmp_path, monkeypatch):
+        from airflow.dag_processing.dagbag import DagBag
+
+        monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+        monkeypatch.setenv("CHURN_SPARK_MODE", "emr")
+        parsed = DagBag(dag_folder=str(REPO_ROOT / "dags")).dags[DAG_ID]
+        assert parsed.params.validate()["spark_mode"] == ""
 
     def test_accepts_an_emr_run(self, dag):
         params = copy.deepcopy(dag.params)

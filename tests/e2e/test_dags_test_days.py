@@ -8,14 +8,20 @@ Then day 3 again: the same predictions, no duplicate rows.
 
 from __future__ import annotations
 
+from importlib import metadata
+from pathlib import Path
+
 import pytest
 
 from churn.storage import Layout, exists, read_json
+from churn.versions import LIBRARIES
+from tests.support.versions import expected_code_version, installed_versions
 
 pytestmark = [pytest.mark.airflow, pytest.mark.training]
 
 COLD_DAY, TRAIN_DAY, SCORE_DAY = "2025-03-15", "2025-03-16", "2025-03-17"
 MODEL_NAME = "churn_xgb_e2e"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def read_predictions(root: str, ds: str):
@@ -96,9 +102,9 @@ class TestTrainingDay:
 
     def test_manifest_records_versions_and_timings(self, daily_runs):
         manifest = daily_runs["train"]["manifest"]
-        assert manifest["libraries"]["apache-airflow"] == "3.3.2"
-        assert manifest["libraries"]["pyspark"] == "4.2.0"
-        assert manifest["code_version"] != ""
+        assert manifest["libraries"] == installed_versions(LIBRARIES)
+        assert manifest["code_version"] == expected_code_version(REPO_ROOT)
+        assert manifest["package_version"] == metadata.version("churn")
         assert manifest["timings"]["features"] > 0
         assert manifest["timings"]["gate"] > 0
 

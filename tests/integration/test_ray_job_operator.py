@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from churn_airflow.hooks.ray_job import RayJobError, RayJobHook
-from churn_airflow.operators.ray_job import SubmitRayJobOperator, churn_runtime_env
+from churn_airflow.operators.ray_job import SubmitRayJobOperator
+from churn_airflow.ray_runtime import churn_runtime_env
 from churn_airflow.triggers.ray_job import RayJobTrigger
 from tests.support.ray_jobs import TaskInstanceStub, defer, job_statuses, wait_until
 
@@ -365,7 +366,8 @@ DAG_FILE = textwrap.dedent('''
 
     from airflow.sdk import dag, task
 
-    from churn_airflow.operators.ray_job import SubmitRayJobOperator, churn_runtime_env
+    from churn_airflow.operators.ray_job import SubmitRayJobOperator
+    from churn_airflow.ray_runtime import churn_runtime_env
 
 
     @dag(dag_id="ray_operator_dag_test", schedule=None, start_date=datetime(2026, 1, 1),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 
 from churn.modeling import MissingFeatureError
 from churn.registry import load_model_dir
-from churn.scoring import score_frame
+from churn.scoring import BUILD_LOG_ENV, model_digest, score_frame
 from churn.spec import load_spec
 from churn.storage import Layout, read_json
 from spark_jobs import score
@@ -22,6 +24,18 @@ from tests.support.model_fixture import (ID_COLUMN, VERSION, features_frame, wri
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DS = "2026-02-03"
 ROWS = 240
+
+
+@contextmanager
+def arrow_batch_rows(spark, rows: int) -> Iterator[None]:
+    """Hand the pandas UDFs Arrow batches of `rows` rows for the duration of the block."""
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    previous = spark.conf.get(key)
+    spark.conf.set(key, str(rows))
+    try:
+        yield
+    finally:
+        spark.conf.set(key, previous)
 
 
 def _read_predictions(root: Path, ds: str = DS) -> pd.DataFrame:
@@ -62,12 +76,8 @@ class TestRun:
     def test_small_arrow_batches_give_the_same_scores(self, spark, spec_path, scored_root):
         root, frame, model = scored_root
         artifact = load_model_dir(model.version_dir)
-        previous = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
-        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "17")
-        try:
+        with arrow_batch_rows(spark, 17):
             score.run(spark, str(root), load_spec(spec_path), artifact, DS)
-        finally:
-            spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous)
         got = _read_predictions(root)
         expected = score_frame(model.booster, model.schema, frame, id_column=ID_COLUMN,
                                model_version=VERSION, ds=DS)
@@ -93,6 +103,34 @@ class TestRun:
         with pytest.raises(MissingFeatureError, match="age"):
             score.run(spark, str(tmp_path), load_spec(spec_path), load_model_dir(model.version_dir), DS)
         assert not (tmp_path / "predictions").exists() or not any((tmp_path / "predictions").iterdir())
+
+
+class TestBoosterPerWorker:
+    PARTITIONS = 8
+    BATCH_ROWS = 7  # about 30 rows a partition: 5 Arrow batches each
+
+    def test_each_python_worker_builds_the_booster_once(self, spark, tmp_path, monkeypatch):
+        frame = features_frame(ROWS, DS)
+        artifact = load_model_dir(write_model_version(str(tmp_path / "data"), frame).version_dir)
+        builds = tmp_path / "builds"
+        builds.mkdir()
+        # The UDF's workers get the SparkContext's environment; a new one means new workers.
+        monkeypatch.setitem(spark.sparkContext.environment, BUILD_LOG_ENV, str(builds))
+        broadcast = spark.sparkContext.broadcast(artifact.model_bytes)
+        try:
+            features = spark.createDataFrame(frame).repartition(self.PARTITIONS)
+            with arrow_batch_rows(spark, self.BATCH_ROWS):
+                scored = score.score_features(features, artifact, broadcast,
+                                              id_column=ID_COLUMN, ds=DS).collect()
+        finally:
+            broadcast.unpersist()
+        per_worker = {log.name: log.read_text().splitlines() for log in builds.iterdir()}
+        assert len(scored) == ROWS
+        assert per_worker and all(lines == [model_digest(artifact.model_bytes)]
+                                  for lines in per_worker.values()), per_worker
+        # Fewer builds than partitions (let alone batches): some worker scored several
+        # partitions, every batch of them, with the one booster it built.
+        assert sum(map(len, per_worker.values())) == len(per_worker) < self.PARTITIONS
 
 
 class TestCommandLine:

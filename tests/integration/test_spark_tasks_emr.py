@@ -264,4 +264,4 @@ class TestFactoryShape:
         assert local.application_args == ["--ds", "{{ ds }}"] and local._conn_id == "spark_default"
         assert local.py_files is None  # zipped when the task runs, not at parse time
         assert tasks[prefix + "add_step"].job_flow_id == factory.CLUSTER_ID_TEMPLATE
-        assert dag.params["spark_mode"] in factory.SPARK_MODES
+        assert dag.params["spark_mode"] == ""  # resolve_mode picks it when the task runs

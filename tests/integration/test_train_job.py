@@ -11,16 +11,19 @@ import json
 import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-from churn import registry
+from churn import champion, gate, registry
 from churn.metrics import roc_auc
+from churn.model_version import TrainSettings
 from churn.spec import load_spec
 from churn.storage import ds_range
 from churn.training import read_labelled_frame
 from tests.model.synthetic_frames import churn_probability, write_days
+from tests.support.versions import expected_code_version
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAIN_JOB = REPO_ROOT / "ray_jobs" / "train.py"
@@ -70,14 +73,15 @@ class TestTrainJob:
         artifact = registry.load_model_dir(printed["version_uri"])
         stored = registry.read_version_json(str(tmp_path), spec.model.name, version, "metrics.json")
         assert stored["roc_auc"] == pytest.approx(printed["metrics"]["roc_auc"])
-        assert artifact.meta["code_version"]["churn"] == "0.1.0"
+        assert artifact.meta["code_version"] == expected_code_version(TRAIN_JOB.parent)
+        assert artifact.meta["package_version"] == metadata.version("churn")
         assert artifact.meta["plan"]["concurrency"] == 2  # 2 CPUs, 1 CPU per trial
         oracle = _oracle_auc(tmp_path, spec, ["2026-01-05"])
         assert stored["roc_auc"] >= 0.95 * oracle, (stored["roc_auc"], oracle)
 
-        decision = registry.gate(str(tmp_path), spec, version, decided_by="test")
+        decision = gate.gate(str(tmp_path), spec, version, decided_by="test")
         assert decision.promoted is True
-        assert registry.champion_uri(str(tmp_path), spec.model.name) == printed["version_uri"]
+        assert champion.champion_uri(str(tmp_path), spec.model.name) == printed["version_uri"]
 
     @pytest.mark.slow
     def test_train_v2_shape_with_two_workers(self, ray_head, tmp_path, spec_path):
@@ -88,3 +92,31 @@ class TestTrainJob:
         assert (plan["concurrency"], plan["nthread"]) == (1, 1)
         assert 0 < plan["trial_cpus"] + 2 * plan["worker_cpus"] <= 0.75 * plan["cpus"] <= 1.5
         assert printed["metrics"]["roc_auc"] > 0.6
+
+
+class TestCommandLine:
+    """The flags reach `train_model` as one `TrainSettings`; the last stdout line is the result."""
+
+    def test_flags_become_the_settings_and_the_result_is_printed_last(self, tmp_path, spec_path,
+                                                                      monkeypatch, capsys):
+        from ray_jobs import train
+
+        calls = []
+        result = {"version": "v20260210-0000abcd", "metrics": {"roc_auc": 0.8}}
+
+        def fake_train_model(root, spec, ds, settings, ray_address=None):
+            calls.append((root, spec.name, ds, settings, ray_address))
+            return result
+
+        monkeypatch.setattr(train, "train_model", fake_train_model)
+        monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+        result_file = tmp_path / "result.json"
+        assert train.main(["--root", str(tmp_path), "--spec", str(spec_path), "--ds", RUN_DS,
+                           "--trials", "3", "--train-days", "6", "--workers", "2",
+                           "--max-concurrent", "1", "--seed", "5", "--num-boost-round", "40",
+                           "--driver-cpus", "0.5", "--result-file", str(result_file)]) == 0
+        settings = TrainSettings(trials=3, train_days=6, workers=2, max_concurrent=1, seed=5,
+                                 num_boost_round=40, driver_cpus=0.5)
+        assert calls == [(str(tmp_path), "synthetic", RUN_DS, settings, "ray://head:10001")]
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+        assert json.loads(result_file.read_text()) == result

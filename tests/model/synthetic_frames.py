@@ -13,6 +13,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from churn import training
+from churn.model_version import Search, SearchResult, TrainSettings, train_model
 from churn.storage import Layout, ds_range
 
 # The registry tests' model, run day, matured training days, and a strong and a weak config.
@@ -66,25 +68,30 @@ def write_days(root: str | Path, days: list[str], rows: int, seed: int = 0,
                            target / "part-00000.parquet")
 
 
+def fixed_search(config: dict) -> Search:
+    """A cheap in-process `Search` (no Ray): one booster of `config`, trained with one thread.
+
+    It keeps the Tune search's contract (the best config, its early-stopped booster, the plan),
+    so `model_version.train_model` runs as in `ray_jobs/train.py` minus Ray (no connection, no
+    Tune, pyarrow reads instead of Ray Data).
+    """
+    def search(data: training.Matrices, frames: tuple, schema, settings: TrainSettings,
+               root: str) -> SearchResult:
+        booster, _ = training.fit_booster(config, data, 1, settings.boost)
+        return SearchResult(dict(config), booster, training.TrialPlan(1, 1.0, 1))
+
+    return search
+
+
 def train_version(root: str | Path, spec, ds: str, config: dict | None = None,
                   rounds: int = 30, created_by: str = "tests") -> dict:
-    """Train one booster in-process (no Ray) on the window of ds and write it as a version.
+    """Train one config in-process on the window of ds and write it as a version.
 
-    Uses the same window, split, encoding, metrics and registry code as `ray_jobs/train.py`.
+    Runs the job's own `churn.model_version.train_model` with `fixed_search` (split seed 7,
+    `rounds` rounds, no early stopping) and the pyarrow reader.
     """
-    from ray_jobs.train import Outcome, write_model_version
-
-    from churn import training
-    from churn.modeling import infer_schema, predict_proba
-
-    window = training.training_window(str(root), spec, ds, spec.model.train_days)
-    train, valid = training.load_split(str(root), spec, window, seed=7)
-    schema = infer_schema(train, spec.id_column)
-    settings = training.BoostSettings(rounds, None, 7)
-    booster, _ = training.fit_booster(config or training.DEFAULT_PARAMS,
-                                      training.encode(schema, train, valid), 1, settings)
-    plan = training.TrialPlan(1, 1.0, 1)
-    outcome = Outcome(booster, schema, valid, predict_proba(booster, schema, valid),
-                      dict(config or training.DEFAULT_PARAMS), booster.num_boosted_rounds(),
-                      window, plan, len(train))
-    return write_model_version(str(root), spec, ds, outcome, created_by, {}, 0.0)
+    settings = TrainSettings(trials=1, seed=7, num_boost_round=rounds,
+                                      early_stopping_rounds=None)
+    search = fixed_search(config or training.DEFAULT_PARAMS)
+    return train_model(str(root), spec, ds, settings, search,
+                       provenance={"created_by": created_by})

@@ -149,3 +149,32 @@ class TestFitBooster:
                  (refit.get_dump(with_stats=True)[0], only_train.get_dump(with_stats=True)[0])]
         ratio = (len(train) + len(valid)) / len(train)
         assert cover[0] == pytest.approx(ratio * cover[1], rel=0.1)
+
+
+class TestCutAtBest:
+    @pytest.fixture()
+    def matrices(self, tmp_path, spec):
+        _, train, valid = _split(tmp_path, spec, ds_range("2026-01-01", "2026-01-02"), 200, 2)
+        schema = infer_schema(train, spec.id_column)
+        return training.frame_dmatrix(schema, train, 1), training.frame_dmatrix(schema, valid, 1)
+
+    def test_keeps_the_trees_up_to_the_best_iteration(self, matrices):
+        import xgboost
+
+        dtrain, dvalid = matrices
+        params = training.booster_params({**training.DEFAULT_PARAMS, "eta": 0.3}, 1, 0)
+        booster = xgboost.train(params, dtrain, num_boost_round=200, evals=[(dvalid, "valid")],
+                                early_stopping_rounds=5, verbose_eval=False)
+        best = int(booster.attr("best_iteration"))
+        assert best + 1 < booster.num_boosted_rounds()  # trained past its best round
+        cut = training.cut_at_best(booster)
+        assert cut.num_boosted_rounds() == best + 1
+        np.testing.assert_array_equal(cut.predict(dvalid),
+                                      booster.predict(dvalid, iteration_range=(0, best + 1)))
+
+    def test_a_booster_without_early_stopping_keeps_every_tree(self, matrices):
+        import xgboost
+
+        booster = xgboost.train(training.booster_params(training.DEFAULT_PARAMS, 1, 0),
+                                matrices[0], num_boost_round=7)
+        assert training.cut_at_best(booster) is booster

@@ -1,21 +1,33 @@
 """Reliability cases: each test records what it injected, what the system did and what it checked.
 
 Every case prints one line `injected: … / checked: …` and is collected; at session end the table
-is merged (by test id) into `bench/results/reliability_cases.json` and printed in the terminal
-summary, so the closing note can quote each fault, the outcome and the rows in/out/rejected.
+is merged (by test id) into the cases file and printed in the terminal summary, so the closing
+note can quote each fault, the outcome and the rows in/out/rejected. The cases file is
+`build/reliability_cases.json` (ignored by git), or the path in `CHURN_RELIABILITY_CASES`
+(relative to the repository); `make reliability-table` copies it to the tracked
+`bench/results/reliability_cases.json`. Under xdist each worker hands its cases to the
+controller, which alone writes the file and prints the table.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CASES_FILE = REPO_ROOT / "bench" / "results" / "reliability_cases.json"
+CASES_ENV = "CHURN_RELIABILITY_CASES"
+DEFAULT_CASES_FILE = REPO_ROOT / "build" / "reliability_cases.json"
 _CASES: dict[str, dict] = {}
+
+
+def cases_file() -> Path:
+    """Where this session's cases go: `$CHURN_RELIABILITY_CASES` when set, else build/."""
+    chosen = os.environ.get(CASES_ENV)
+    return REPO_ROOT / chosen if chosen else DEFAULT_CASES_FILE
 
 
 @pytest.fixture()
@@ -46,19 +58,31 @@ def pytest_runtest_logreport(report) -> None:
             case["status"] = report.outcome
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """xdist controller: take over the cases a worker recorded."""
+    for index, case in enumerate(getattr(node, "workeroutput", {}).get("reliability_cases", [])):
+        _CASES[f"{node.gateway.id}#{index}"] = case
+
+
 def pytest_sessionfinish(session, exitstatus) -> None:
-    """Merge this session's cases into the cases file (other tests' entries are kept)."""
+    """Merge this session's cases into the cases file (other tests' entries are kept); an
+    xdist worker hands them to the controller instead."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["reliability_cases"] = list(_CASES.values())
+        return
     if not _CASES:
         return
     fresh = list(_CASES.values())
     ran = {case["test"] for case in fresh}
+    target = cases_file()
     try:
-        kept = [c for c in json.loads(CASES_FILE.read_text())["cases"] if c["test"] not in ran]
+        kept = [c for c in json.loads(target.read_text())["cases"] if c["test"] not in ran]
     except (OSError, ValueError, KeyError, TypeError):
         kept = []
-    CASES_FILE.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     cases = sorted(kept + fresh, key=lambda c: c["test"])
-    CASES_FILE.write_text(json.dumps({"cases": cases}, indent=2) + "\n")
+    target.write_text(json.dumps({"cases": cases}, indent=2) + "\n")
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
@@ -73,4 +97,4 @@ def pytest_terminal_summary(terminalreporter) -> None:
                   for k in ("rows_in", "rows_out", "rows_rejected")]
         write(f"{case['status']:7} {counts[0]:>5} {counts[1]:>5} {counts[2]:>4}  "
               f"{case['injected']} -> {case['system_did']}")
-    write(f"(table written to {CASES_FILE.relative_to(REPO_ROOT)})")
+    write(f"(table written to {cases_file()})")

@@ -16,7 +16,8 @@ what the bulk pass built, with no `_tmp-`/`_old-` leftovers anywhere; every mani
 `rows_in == rows_out + rows_rejected`; runs really overlapped. Finally a train task marked failed
 by a user while deferred has its Ray job stopped (the trigger's on_kill).
 
-`CHURN_RELIABILITY_BACKFILL_DAYS` (default 8) sets the range; the issue's scenario is 30.
+`CHURN_RELIABILITY_BACKFILL_DAYS` (default 4: a plain day, the Spark fault, the Ray fault on the
+cadence day, a plain day) sets the range; the issue's scenario is 30.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from churn import registry
+from churn import gate
 from churn.pipeline import is_cadence_day
 from churn.spec import load_spec
 from churn.storage import Layout, list_partitions, read_json, shift_ds
@@ -41,11 +42,11 @@ from tests.support.ray_jobs import job_statuses
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.training]
 
-START = "2025-05-01"
+START = "2025-05-03"
 LOOKBACK_DAYS = 17  # the spec's longest window (14) and a few matured label days before day 1
-FIRST_DAY = shift_ds(START, LOOKBACK_DAYS)  # 2025-05-18
+FIRST_DAY = shift_ds(START, LOOKBACK_DAYS)  # 2025-05-20: the cadence day 05-22 is the third
 BACKFILL_DAYS = [shift_ds(FIRST_DAY, i)
-                 for i in range(int(os.environ.get("CHURN_RELIABILITY_BACKFILL_DAYS", "8")))]
+                 for i in range(int(os.environ.get("CHURN_RELIABILITY_BACKFILL_DAYS", "4")))]
 CHAMPION_DAY = shift_ds(FIRST_DAY, -1)
 EXTRA_DAY = shift_ds(BACKFILL_DAYS[-1], 1)  # the run marked failed while deferred
 HORIZON_DAYS = 7  # churn_e2e.yaml: a run of day D writes the labels of D - 7
@@ -174,7 +175,7 @@ def _train_champion(world, ray_head) -> str:
         env=env, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     version = json.loads(done.stdout.strip().splitlines()[-1])["version"]
-    decision = registry.gate(str(world.root), load_spec(E2E_SPEC), version, decided_by="test setup")
+    decision = gate.gate(str(world.root), load_spec(E2E_SPEC), version, decided_by="test setup")
     assert decision.promoted
     return version
 

@@ -7,7 +7,8 @@ case ends in exactly one of:
 * quarantined: the bad rows are in `quarantine/<table>/ds=DAY` with their reason and file, the
   counts add up (`rows_in == rows_out + rows_rejected`) in the summary and in `ingest.json`;
 * a failure (`IngestError`) whose message names the table, the day, the file and the column
-  (as far as the fault has one), with no features partition written for DAY.
+  (as far as the fault has one), leaving DAY's features partition (seeded from a good run
+  first) byte for byte as it was.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from churn import ingest
 from churn.generate import generate
 from churn.storage import Layout, read_json
 from spark_jobs.build_features import JobArgs, run
-from tests.support.small_data import assert_failed, write_small_spec
+from tests.support.small_data import assert_failed, seed_partition, write_small_spec
 
 REPO = Path(__file__).resolve().parents[2]
 START, DAYS, DAY = "2024-01-01", 4, "2024-01-03"
@@ -57,6 +58,15 @@ def base_roots(tmp_path_factory, specs) -> dict[str, Path]:
         generate(str(root), customers=50, start=START, days=DAYS, seed=21, spec=specs[fmt])
         roots[fmt] = root
     return roots
+
+
+@pytest.fixture(scope="module")
+def good_features(spark, tmp_path_factory, base_roots, specs) -> Path:
+    """DAY's features partition as the real job builds it from the clean CSV data set."""
+    root = tmp_path_factory.mktemp("good") / "data"
+    shutil.copytree(base_roots["csv"], root)
+    build(spark, root, specs["csv"])
+    return Path(Layout(str(root)).features(DAY))
 
 
 @pytest.fixture()
@@ -123,10 +133,16 @@ def quarantine(root: Path, table: str) -> pd.DataFrame:
     return pd.read_parquet(Layout(str(root)).quarantine(table, DAY))
 
 
+def seed_features(root: Path, good_features: Path) -> dict[str, bytes]:
+    """Put a good features partition in place for DAY, for a failing job to leave alone."""
+    return seed_partition(good_features, Layout(str(root)).features(DAY))
+
+
 def assert_quarantined(summary: dict, root: Path, table: str, reasons: dict[str, int],
                        rows_in: int) -> dict:
     """The day's counts add up, in the summary and in ingest.json, and the quarantine partition
-    holds exactly the rejected rows with their reason and file. Returns the day's counts."""
+    on disk holds exactly the rejected rows with their reason and file (no rejects: it is
+    written all the same, with its columns and no rows). Returns the day's counts."""
     counts = summary["counts"][table][DAY]
     assert counts["reasons"] == reasons
     assert counts["rows_in"] == rows_in
@@ -134,11 +150,10 @@ def assert_quarantined(summary: dict, root: Path, table: str, reasons: dict[str,
     assert counts["rows_in"] == counts["rows_out"] + counts["rows_rejected"]
     fragment = read_json(Layout(str(root)).run_fragment(DAY, "ingest"))
     assert fragment["tables"][table] == counts
-    if reasons:
-        rejected = quarantine(root, table)
-    else:
-        rejected = pd.DataFrame({"reason": [], "source_file": []}, dtype=str)
-    assert rejected["reason"].value_counts().to_dict() == reasons
+    rejected = quarantine(root, table)
+    assert {"reason", "raw_record", "source_file"} <= set(rejected.columns)
+    assert len(rejected) == counts["rows_rejected"]
+    assert rejected["reason"].value_counts(dropna=False).to_dict() == reasons
     assert set(rejected["source_file"]) <= {str(raw_file(root, table))}
     assert rejected["source_file"].notna().all()
     assert Path(Layout(str(root)).features(DAY)).is_dir()
@@ -282,11 +297,13 @@ class TestDayFaults:
         reliability_case("events: DAY delivered with a header only", "recorded as empty "
                          "(rows_in 0, empty: true); features still built", "counts", counts)
 
-    def test_missing_day(self, spark, root, specs, reliability_case):
+    def test_missing_day(self, spark, root, specs, good_features, reliability_case):
         shutil.rmtree(raw_file(root, "events", PREVIOUS_DAY).parent)
+        seeded = seed_features(root, good_features)
         with pytest.raises(ingest.MissingPartitionError) as failure:
             build(spark, root, specs["csv"])
-        message = assert_failed(failure.value, root, DAY, "raw/events", PREVIOUS_DAY)
+        message = assert_failed(failure.value, root, DAY, "raw/events", PREVIOUS_DAY,
+                                seeded=seeded)
         summary = build(spark, root, specs["csv"], allow_missing=True)
         fragment = read_json(Layout(str(root)).run_fragment(DAY, "ingest"))
         assert fragment["tables"]["events"]["rows_in"] == summary["counts"]["events"][DAY][
@@ -295,45 +312,55 @@ class TestDayFaults:
                          f"failed: {message}; with --allow-missing treated as empty",
                          "message names table and day; nothing written", None)
 
-    def test_two_formats_in_one_partition(self, spark, root, specs, reliability_case):
+    def test_two_formats_in_one_partition(self, spark, root, specs, good_features,
+                                          reliability_case):
         path = raw_file(root, "events")
         stray = path.with_name("part-00001.jsonl")
         stray.write_text(read_csv(path).head(3).to_json(orient="records", lines=True))
+        seeded = seed_features(root, good_features)
         with pytest.raises(ingest.FormatMismatchError) as failure:
             build(spark, root, specs["csv"])
-        message = assert_failed(failure.value, root, DAY, "table events", f"ds={DAY}", str(stray))
+        message = assert_failed(failure.value, root, DAY, "table events", f"ds={DAY}", str(stray),
+                                seeded=seeded)
         reliability_case("events: a .jsonl file next to the .csv file of DAY",
                          f"failed: {message}", "message names table, day, file", None)
 
-    def test_truncated_parquet(self, spark, tmp_path, base_roots, specs, reliability_case):
+    def test_truncated_parquet(self, spark, tmp_path, base_roots, specs, good_features,
+                               reliability_case):
         root = tmp_path / "data"
         shutil.copytree(base_roots["parquet"], root)
         path = raw_file(root, "events")
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        seeded = seed_features(root, good_features)
         with pytest.raises(ingest.CorruptFileError) as failure:
             build(spark, root, specs["parquet"])
-        message = assert_failed(failure.value, root, DAY, "table events", f"ds={DAY}", str(path))
+        message = assert_failed(failure.value, root, DAY, "table events", f"ds={DAY}", str(path),
+                                seeded=seeded)
         reliability_case("events (Parquet): DAY's file cut in half",
                          f"failed: {message}", "message names table, day, file", None)
 
 
 class TestSchemaFaults:
-    def test_missing_required_column(self, spark, root, specs, reliability_case):
+    def test_missing_required_column(self, spark, root, specs, good_features,
+                                     reliability_case):
         path = raw_file(root, "events")
         edit_csv(path, lambda f: f.drop(columns=["amount"]))
+        seeded = seed_features(root, good_features)
         with pytest.raises(ingest.MissingColumnError) as failure:
             build(spark, root, specs["csv"])
         message = assert_failed(failure.value, root, DAY, "table events", f"ds={DAY}", str(path),
-                                "amount")
+                                "amount", seeded=seeded)
         reliability_case("events: DAY's file lacks the amount column", f"failed: {message}",
                          "message names table, day, file, column", None)
 
-    def test_spec_names_a_column_the_data_lacks(self, spark, root, specs, reliability_case):
+    def test_spec_names_a_column_the_data_lacks(self, spark, root, specs, good_features,
+                                                reliability_case):
+        seeded = seed_features(root, good_features)
         with pytest.raises(ingest.MissingColumnError) as failure:
             build(spark, root, specs["extra_col"])
         first = raw_file(root, "customers", START)  # the first file the job checks
         message = assert_failed(failure.value, root, DAY, "table customers", f"ds={START}",
-                                str(first), "tenure")
+                                str(first), "tenure", seeded=seeded)
         reliability_case("spec: customers.numeric names `tenure`, which no file has",
                          f"failed: {message}", "message names table, day, file, column", None)
 

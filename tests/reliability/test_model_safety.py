@@ -2,8 +2,8 @@
 pointer is trusted only when it is sound, and two gate processes promote atomically.
 
 Models are real boosters trained in-process on tiny synthetic partitions
-(`tests.model.synthetic_frames`); the concurrent gates are two real `python -m churn.registry`
-processes released together.
+(`tests.model.synthetic_frames`); the concurrent gates are two real
+`python -m churn.registry_cli` processes released together.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from churn import registry
+from churn import champion, gate, registry
 from churn.modeling import MissingFeatureError
 from churn.scoring import cached_booster
 from churn.spec import dump_spec, load_spec
@@ -57,7 +57,7 @@ def trained(tmp_path_factory, spec) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("registry")
     write_days(root, DAYS, rows=200, seed=1)
     version = train_version(root, spec, RUN_DS, STRONG, rounds=10)["version"]
-    registry.promote(str(root), MODEL, version, "tests", "baseline")
+    champion.promote(str(root), MODEL, version, "tests", "baseline")
     return root, version
 
 
@@ -167,9 +167,9 @@ class TestChampionPointer:
         challenger = train_version(root, spec, RUN_DS, WEAK, rounds=3)["version"]
         assert_score_refuses(root, spec_path, "champion.json")
         with pytest.raises(registry.RegistryError, match="champion.json"):
-            registry.gate(str(root), spec, challenger, decided_by="tests")
+            gate.gate(str(root), spec, challenger, decided_by="tests")
         with pytest.raises(registry.RegistryError, match="champion.json"):
-            registry.promote(str(root), MODEL, challenger, "tests", "manual")
+            champion.promote(str(root), MODEL, challenger, "tests", "manual")
         assert pointer.read_bytes() == content
         reliability_case(f"champion.json = {content!r}", "score, gate and promote all refuse; "
                          "the pointer is left as found (no first-model promotion)",
@@ -178,7 +178,7 @@ class TestChampionPointer:
 
 GATE_CHILD = """
 import sys
-from churn.registry import main
+from churn.registry_cli import main
 print("ready", flush=True)
 sys.stdin.readline()
 sys.exit(main(sys.argv[1:]))
@@ -186,7 +186,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def start_gate(root: Path, spec_path: Path, version: str) -> subprocess.Popen:
-    """A real `churn.registry gate` process, imported and waiting for a line on stdin."""
+    """A real `churn.registry_cli gate` process, imported and waiting for a line on stdin."""
     argv = ["--root", str(root), "--spec", str(spec_path), "--by", f"proc-{version}",
             "gate", version]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "include"), str(REPO)])}
@@ -216,15 +216,16 @@ class TestConcurrentPromotion:
         outputs = [child.communicate(timeout=300) for child in children]
         assert [child.returncode for child in children] == [0, 0], outputs
         decisions = {d["version"]: d for d in (json.loads(out) for out, _ in outputs)}
-        history = registry.read_champion(str(root), MODEL)["history"]
+        history = champion.read_champion(str(root), MODEL)["history"]
         promoted = {v for v, d in decisions.items() if d["promoted"]}
         assert history[0] == base and set(history[1:]) == promoted == set(challengers)
         for position, version in enumerate(history[1:], start=1):
             assert decisions[version]["champion_version"] == history[position - 1]
-        gates = [d for d in registry.list_decisions(str(root), MODEL) if d["action"] == "gate"]
+        gates = [d for d in champion.list_decisions(str(root), MODEL) if d["action"] == "gate"]
         assert sorted(d["version"] for d in gates) == sorted(challengers)
         assert not (Path(Layout(str(root)).models(MODEL)) / "champion.lock").exists()
-        reliability_case("two `churn.registry gate` processes released together on one champion",
+        reliability_case("two `churn.registry_cli gate` processes released together on one "
+                         "champion",
                          f"both promoted, in order {history[1:]}, the second decided against "
                          "the first (compare-and-swap under the lock)",
                          "exit codes, CAS chain, 2 decisions, no lock")

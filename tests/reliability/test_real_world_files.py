@@ -27,7 +27,8 @@ from churn.generate import generate
 from churn.landing import NotLandedError
 from churn.storage import Layout, read_json
 from spark_jobs.build_features import JobArgs, run
-from tests.support.small_data import assert_failed, read_partition, write_small_spec
+from tests.support.small_data import (assert_failed, read_partition, seed_partition,
+                                      write_small_spec)
 
 START, DAYS, DAY, PREVIOUS_DAY = "2024-01-01", 4, "2024-01-03", "2024-01-02"
 LENIENT = 0.5  # reject-rate limit of the cases that quarantine rows on purpose
@@ -53,11 +54,21 @@ def base_roots(tmp_path_factory, specs) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def clean_features(spark, base_roots, specs, tmp_path_factory) -> pd.DataFrame:
-    """DAY's features of the clean CSV data set: what a correctly read delivery gives."""
+def clean_root(spark, base_roots, specs, tmp_path_factory) -> Path:
+    """The clean CSV data set with DAY's features built: what a correctly read delivery gives."""
     root = copy_world(base_roots["csv"], tmp_path_factory.mktemp("clean"))
     build(spark, root, specs["csv"])
-    return read_partition(root, "features", DAY)
+    return root
+
+
+@pytest.fixture(scope="module")
+def clean_features(clean_root) -> pd.DataFrame:
+    return read_partition(clean_root, "features", DAY)
+
+
+def seed_features(root: Path, clean_root: Path) -> dict[str, bytes]:
+    """Put the clean features partition in place for DAY, for a failing job to leave alone."""
+    return seed_partition(Layout(str(clean_root)).features(DAY), Layout(str(root)).features(DAY))
 
 
 @pytest.fixture()
@@ -169,7 +180,8 @@ class TestCompressedFiles:
                          "features == those of the plain files", counts)
 
     def test_gzip_that_decompresses_to_nothing_is_not_landed(self, spark, root, specs,
-                                                             reliability_case):
+                                                             clean_root, reliability_case):
+        seeded = seed_features(root, clean_root)
         path = raw_file(root, "events")
         empty = path.with_name(path.name + ".gz")
         empty.write_bytes(gzip.compress(b""))
@@ -177,7 +189,7 @@ class TestCompressedFiles:
         with pytest.raises(NotLandedError) as failure:
             build(spark, root, specs["csv"])
         message = assert_failed(failure.value, root, DAY, "table events", f"ds={DAY}", str(empty),
-                                "empty")
+                                "empty", seeded=seeded)
         reliability_case("events: DAY's file is a gzip of 0 bytes", f"failed: {message}",
                          "message names table, day, file", None)
 
@@ -198,14 +210,16 @@ class TestHeaders:
                          "features == those of the clean header", counts)
 
     @pytest.mark.parametrize("second", ["amount", " AMOUNT "])
-    def test_two_columns_with_one_name_fail(self, spark, root, specs, second, reliability_case):
+    def test_two_columns_with_one_name_fail(self, spark, root, specs, second, clean_root,
+                                            reliability_case):
+        seeded = seed_features(root, clean_root)
         path = raw_file(root, "events")
         rows = read_rows(path)
         write_rfc4180(path, [rows[0] + [second]] + [r + ["1"] for r in rows[1:]])
         with pytest.raises(ingest.DuplicateColumnError) as failure:
             build(spark, root, specs["csv"])
         message = assert_failed(failure.value, root, DAY, "table events", f"ds={DAY}", str(path),
-                                "'amount'", repr(second))
+                                "'amount'", repr(second), seeded=seeded)
         reliability_case(f"events header holds amount and {second!r}", f"failed: {message}",
                          "message names table, day, file, both columns", None)
 
@@ -263,7 +277,9 @@ class TestParquetSchemaDrift:
 
 
 class TestPartitionAndFileNames:
-    def test_a_dt_directory_is_not_a_day(self, spark, root, specs, caplog, reliability_case):
+    def test_a_dt_directory_is_not_a_day(self, spark, root, specs, clean_root, caplog,
+                                         reliability_case):
+        seeded = seed_features(root, clean_root)
         area = Path(Layout(str(root)).area("raw", "events"))
         previous = area / f"ds={PREVIOUS_DAY}"
         previous.rename(area / f"dt={PREVIOUS_DAY}")
@@ -271,7 +287,8 @@ class TestPartitionAndFileNames:
         with caplog.at_level(logging.WARNING, logger="churn.storage"), \
                 pytest.raises(ingest.MissingPartitionError) as failure:
             build(spark, root, specs["csv"])
-        message = assert_failed(failure.value, root, DAY, "raw/events", PREVIOUS_DAY)
+        message = assert_failed(failure.value, root, DAY, "raw/events", PREVIOUS_DAY,
+                                seeded=seeded)
         warned = [r.getMessage() for r in caplog.records if r.name == "churn.storage"]
         assert warned == [f"ignored {area}/dt={PREVIOUS_DAY}: not a ds=YYYY-MM-DD partition "
                           "directory"]

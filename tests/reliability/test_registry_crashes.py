@@ -3,7 +3,7 @@
 * `write_version` is SIGKILLed at each of its steps (the `write_version:<step>` fault points):
   readers never list or load the half-written version, and the retried job (same real XGBoost
   model, same bytes) completes it or finds it complete; other bytes under the id fail loudly.
-* A `churn.registry gate` process is SIGKILLed while holding `champion.lock`, after recording
+* A `churn.registry_cli gate` process is SIGKILLed while holding `champion.lock`, after recording
   its decision intent (`registry:intent`) and after switching the pointer (`registry:switched`):
   the next gate breaks the dead holder's lock at once, resolves the intent and loses no record.
 * A lock left by a dead pid is broken; a live holder still serializes; a hung one (older than
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from churn import registry
+from churn import gate, registry
+from churn.champion import LOCK_FILE, LockPolicy, list_decisions, promote, read_champion
 from churn.faults import KILL_AT_ENV
 from churn.modeling import load_booster
 from churn.spec import load_spec
@@ -48,7 +49,7 @@ print(json.dumps(train_version(root, load_spec(spec), ds, config, rounds=10)), f
 
 HOLDER_CHILD = """
 import sys
-from churn.registry import _champion_lock
+from churn.champion import _champion_lock
 with _champion_lock(sys.argv[1], sys.argv[2]) as held:
     print("held", flush=True)
     sys.stdin.readline()
@@ -67,7 +68,7 @@ def trained(tmp_path_factory, spec) -> tuple[Path, str, str]:
     root = tmp_path_factory.mktemp("registry")
     write_days(root, DAYS, rows=200, seed=1)
     champion = train_version(root, spec, RUN_DS, WEAK, rounds=3)["version"]
-    registry.promote(str(root), MODEL, champion, "tests", "baseline")
+    promote(str(root), MODEL, champion, "tests", "baseline")
     challenger = train_version(root, spec, RUN_DS, STRONG, rounds=10)["version"]
     return root, champion, challenger
 
@@ -99,8 +100,8 @@ def train_child(root: Path, spec_path: Path, kill_at: str | None = None,
 
 def gate_child(root: Path, spec_path: Path, version: str, by: str,
                kill_at: str | None = None) -> subprocess.CompletedProcess:
-    """A real `python -m churn.registry gate` process, as the DAG's gate task runs it."""
-    argv = ["-m", "churn.registry", "--root", str(root), "--spec", str(spec_path), "--by", by,
+    """A real `python -m churn.registry_cli gate` process, as the DAG's gate task runs it."""
+    argv = ["-m", "churn.registry_cli", "--root", str(root), "--spec", str(spec_path), "--by", by,
             "gate", version]
     env = child_env(**({KILL_AT_ENV: kill_at} if kill_at else {}))
     return subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env,
@@ -190,7 +191,7 @@ class TestWriteVersionCrashes:
 
 def assert_decisions(root: Path, expected: list[tuple[str, str, str]]) -> list[dict]:
     """The decision log is exactly these (action, version, status), oldest first."""
-    logged = registry.list_decisions(str(root), MODEL)
+    logged = list_decisions(str(root), MODEL)
     assert [(d["action"], d["version"], d["status"]) for d in logged] == expected
     return logged
 
@@ -201,9 +202,9 @@ class TestGateCrashes:
         _, champion, challenger = trained
         killed = gate_child(root, spec_path, challenger, "run-1", kill_at="registry:intent")
         assert killed.returncode == KILLED, killed.stderr
-        lock = models_dir(root) / registry.LOCK_FILE
+        lock = models_dir(root) / LOCK_FILE
         assert json.loads(lock.read_text())["pid"] > 0  # the dead holder's record is left
-        assert registry.read_champion(str(root), MODEL)["version"] == champion
+        assert read_champion(str(root), MODEL)["version"] == champion
         assert_decisions(root, [("promote", champion, "done"), ("gate", challenger, "intent")])
 
         retried = gate_child(root, spec_path, challenger, "run-1-retry")
@@ -212,7 +213,7 @@ class TestGateCrashes:
         assert "died before switching the pointer" in retried.stderr
         decision = json.loads(retried.stdout)
         assert decision["promoted"] and decision["champion_version"] == champion
-        assert registry.read_champion(str(root), MODEL)["version"] == challenger
+        assert read_champion(str(root), MODEL)["version"] == challenger
         logged = assert_decisions(root, [("promote", champion, "done"),
                                          ("gate", challenger, "aborted"),
                                          ("gate", challenger, "done")])
@@ -230,7 +231,7 @@ class TestGateCrashes:
         _, champion, challenger = trained
         killed = gate_child(root, spec_path, challenger, "run-1", kill_at="registry:switched")
         assert killed.returncode == KILLED, killed.stderr
-        pointer = registry.read_champion(str(root), MODEL)
+        pointer = read_champion(str(root), MODEL)
         assert pointer["version"] == challenger and pointer["history"] == [champion, challenger]
         [_, intent] = assert_decisions(root, [("promote", champion, "done"),
                                               ("gate", challenger, "intent")])
@@ -258,12 +259,12 @@ class TestChampionLock:
         _, champion, challenger = trained
         dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True, check=True)
-        lock = models_dir(root) / registry.LOCK_FILE
+        lock = models_dir(root) / LOCK_FILE
         lock.write_text(dead.stdout.strip())  # the old O_EXCL lock format: a bare pid
         gated = gate_child(root, spec_path, challenger, "run-2")
         assert gated.returncode == 0, gated.stderr
         assert f"'pid': '{dead.stdout.strip()}'" in gated.stderr
-        assert registry.read_champion(str(root), MODEL)["version"] == challenger
+        assert read_champion(str(root), MODEL)["version"] == challenger
         assert not lock.exists()
         reliability_case(f"champion.lock left by pid {dead.stdout.strip()}, which has exited",
                          "the gate broke it with a warning naming the pid and promoted",
@@ -274,9 +275,9 @@ class TestChampionLock:
         _, champion, challenger = trained
         killed = gate_child(root, spec_path, challenger, "run-1", kill_at="registry:locked")
         assert killed.returncode == KILLED, killed.stderr
-        holder = json.loads((models_dir(root) / registry.LOCK_FILE).read_text())
-        fast = registry.LockPolicy(timeout_s=1.0)  # the dead holder must not make it wait
-        decision = registry.gate(str(root), spec, challenger, decided_by="run-2", policy=fast)
+        holder = json.loads((models_dir(root) / LOCK_FILE).read_text())
+        fast = LockPolicy(timeout_s=1.0)  # the dead holder must not make it wait
+        decision = gate.gate(str(root), spec, challenger, decided_by="run-2", policy=fast)
         assert decision.promoted and decision.champion_version == champion
         assert_decisions(root, [("promote", champion, "done"), ("gate", challenger, "done")])
         reliability_case(f"gate SIGKILLed holding champion.lock (pid {holder['pid']}), before "
@@ -293,14 +294,14 @@ class TestChampionLock:
         try:
             assert holder.stdout.readline().strip() == "held"
             with pytest.raises(registry.RegistryError, match=f"held by .*{holder.pid}"):
-                registry.promote(str(root), MODEL, challenger, "tests", "while held",
-                                 policy=registry.LockPolicy(timeout_s=0.3))
-            assert registry.read_champion(str(root), MODEL)["version"] == champion
-            with caplog.at_level(logging.WARNING, logger="churn.registry"):
-                registry.promote(str(root), MODEL, challenger, "tests", "holder hung",
-                                 policy=registry.LockPolicy(timeout_s=5, stale_after_s=0))
+                promote(str(root), MODEL, challenger, "tests", "while held",
+                        policy=LockPolicy(timeout_s=0.3))
+            assert read_champion(str(root), MODEL)["version"] == champion
+            with caplog.at_level(logging.WARNING, logger="churn.champion"):
+                promote(str(root), MODEL, challenger, "tests", "holder hung",
+                        policy=LockPolicy(timeout_s=5, stale_after_s=0))
             assert "breaking stale champion lock" in caplog.text
-            assert registry.read_champion(str(root), MODEL)["version"] == challenger
+            assert read_champion(str(root), MODEL)["version"] == challenger
             out, _ = holder.communicate("wake\n", timeout=60)
         finally:
             if holder.poll() is None:
@@ -319,7 +320,7 @@ class TestGateScoring:
     def test_both_sides_scored_on_one_holdout_despite_metrics_json(self, root, trained, spec,
                                                                  spec_path, reliability_case):
         _, champion, weak = trained[0], trained[2], trained[1]
-        registry.promote(str(root), MODEL, champion, "tests", "strong champion")
+        promote(str(root), MODEL, champion, "tests", "strong champion")
         metrics = models_dir(root) / weak / registry.METRICS_FILE
         claimed = {**json.loads(metrics.read_text()), "roc_auc": 0.999}
         metrics.write_text(json.dumps(claimed))  # a challenger whose record overstates it
@@ -327,7 +328,7 @@ class TestGateScoring:
         assert gated.returncode == 0, gated.stderr
         decision = json.loads(gated.stdout)
 
-        holdout = registry.load_holdout(str(root), spec, weak)
+        holdout = gate.load_holdout(str(root), spec, weak)
         expected = {v: holdout_auc(*_booster(root, v), holdout) for v in (weak, champion)}
         assert decision["promoted"] is False
         assert decision["challenger_auc"] == pytest.approx(expected[weak])
@@ -336,7 +337,7 @@ class TestGateScoring:
         meta = registry.read_version_json(str(root), MODEL, weak, registry.META_FILE)
         assert decision["holdout_days"] == meta["window"]["validation_days"]
         assert decision["holdout_rows"] == len(holdout) > 0
-        logged = registry.list_decisions(str(root), MODEL)[-1]
+        logged = list_decisions(str(root), MODEL)[-1]
         assert logged["holdout_digest"] == decision["holdout_digest"]
         reliability_case("challenger's metrics.json claims AUC 0.999 for a weak model",
                          f"the gate re-scored both on the same {len(holdout)}-row holdout "

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from churn import registry
 from churn.modeling import FeatureSchema, infer_schema
 from churn.storage import Layout, write_json_atomic
 
@@ -77,7 +78,7 @@ def train_tiny_model(frame: pd.DataFrame, rounds: int = 10, depth: int = 3):
 def write_model_version(root: str, frame: pd.DataFrame, *, version: str = VERSION,
                         model_name: str = MODEL_NAME, make_champion: bool = True,
                         rounds: int = 10) -> TinyModel:
-    """Train on `frame` and write one version directory (and the champion pointer).
+    """Train on `frame` and write it with `registry.write_version` (plus the champion pointer).
 
     Args:
         root: the data root.
@@ -91,17 +92,15 @@ def write_model_version(root: str, frame: pd.DataFrame, *, version: str = VERSIO
         The booster, schema, version and its directory.
     """
     booster, schema = train_tiny_model(frame, rounds=rounds)
-    layout = Layout(root)
-    version_dir = layout.model_version(model_name, version)
-    write_json_atomic(f"{version_dir}/params.json", {"objective": "binary:logistic", "rounds": rounds})
-    write_json_atomic(f"{version_dir}/metrics.json", {"auc": None})
-    write_json_atomic(f"{version_dir}/meta.json", {"created_by": "tests.support.model_fixture"})
-    with open(f"{version_dir}/features.json", "w") as out:
-        out.write(schema.to_json())
-    with open(f"{version_dir}/model.ubj", "wb") as out:
-        out.write(bytes(booster.save_raw("ubj")))
+    files = {registry.MODEL_FILE: bytes(booster.save_raw("ubj")),
+             registry.FEATURES_FILE: schema.to_json().encode(),
+             registry.PARAMS_FILE: registry.json_bytes({"objective": "binary:logistic",
+                                                        "rounds": rounds}),
+             registry.METRICS_FILE: registry.json_bytes({"auc": None}),
+             registry.META_FILE: registry.json_bytes({"created_by": __name__})}
+    version_dir = registry.write_version(root, model_name, version, files)
     if make_champion:
-        write_json_atomic(layout.champion(model_name), {"version": version})
+        write_json_atomic(Layout(root).champion(model_name), {"version": version})
     return TinyModel(booster, schema, version, version_dir)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -39,11 +40,36 @@ def read_partition(root: str | Path, area: str, ds: str, table: str | None = Non
     return frame.sort_values(list(frame.columns)).reset_index(drop=True)
 
 
-def assert_failed(error: Exception, root: str | Path, day: str, *names: str) -> str:
+def tree_bytes(folder: str | Path) -> dict[str, bytes]:
+    """Every file under `folder` (path relative to it) -> its bytes; empty when it is absent."""
+    base = Path(folder)
+    return {p.relative_to(base).as_posix(): p.read_bytes()
+            for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+def seed_partition(source: str | Path, target: str | Path) -> dict[str, bytes]:
+    """Copy a partition a good run wrote to `target` (for a job that must leave it alone).
+
+    Returns:
+        `tree_bytes(target)`, to compare with after the job.
+    """
+    shutil.copytree(source, target)
+    seeded = tree_bytes(target)
+    assert any(name.endswith(".parquet") for name in seeded), f"{source} holds no Parquet file"
+    return seeded
+
+
+def assert_failed(error: Exception, root: str | Path, day: str, *names: str,
+                  seeded: dict[str, bytes]) -> str:
     """A failed job's message names every given string (table, day, file, column), and the
-    day got no features partition; returns the message."""
+    day's features partition a good run left (`seeded`, see `seed_partition`) is as before,
+    byte for byte. Returns the message."""
     message = str(error)
     missing = [name for name in names if name not in message]
     assert missing == [], f"{message!r} lacks {missing}"
-    assert not Path(Layout(str(root)).features(day)).exists()
+    features = Path(Layout(str(root)).features(day))
+    found = tree_bytes(features)
+    assert sorted(found) == sorted(seeded), f"the failed job changed the files of {features}"
+    rewritten = [name for name, data in seeded.items() if found[name] != data]
+    assert rewritten == [], f"the failed job rewrote {rewritten} in {features}"
     return message

@@ -200,6 +200,14 @@ class TestValidate:
         assert valid["001"]["age"] == 30.0 and valid["005"]["plan"] is None
 
 
+class TestDayCounts:
+    @pytest.mark.parametrize(("counts", "max_rate", "over"), [
+        ((200, 190, 10), 0.01, True), ((200, 190, 10), 0.05, False),  # exactly at the limit
+        ((200, 190, 10), 0.049, True), ((0, 0, 0), 0.0, False), ((10, 10, 0), 0.0, False)])
+    def test_over_limit_is_strictly_above_the_rate(self, counts, max_rate, over):
+        assert ingest.DayCounts(*counts).over_limit(max_rate) is over
+
+
 class TestRejectRate:
     def test_message_names_table_day_and_top_reasons(self):
         counts = {DAY: ingest.DayCounts(200, 190, 10, {"null_id": 7, "bad_number": 3}),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 
 from churn import pipeline
 from churn.storage import Layout, read_json, write_json_atomic
+from churn.versions import LIBRARIES
+from tests.support.versions import expected_code_version, installed_versions
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPEC = str(REPO_ROOT / "include" / "datasets" / "synthetic.yaml")
@@ -141,8 +144,17 @@ class TestPublishManifest:
         assert (manifest["scored"], manifest["model_version"]) == (True, "v1")
         assert manifest["rows"] == {"features": 2, "predictions": 2}
         assert manifest["timings"]["features"] == 3.5
-        assert manifest["libraries"]["pyarrow"] is not None
         assert manifest["run"] == self.RUN
+
+    def test_records_the_code_package_and_library_versions(self, tmp_path, monkeypatch):
+        monkeypatch.delenv("CHURN_CODE_VERSION", raising=False)
+        pipeline._write_fragment(str(tmp_path), DS, "decide", {"train": False, "reason": "x"})
+        manifest = pipeline.publish_manifest(str(tmp_path), DS, run=self.RUN,
+                                             repo_root=str(REPO_ROOT))
+        assert manifest["code_version"] == expected_code_version(REPO_ROOT)
+        assert manifest["package_version"] == metadata.version("churn")
+        assert manifest["libraries"] == installed_versions(LIBRARIES)
+        assert manifest["steps"]["decide"]["package_version"] == metadata.version("churn")
 
     def test_skipped_scoring(self, tmp_path):
         root = str(tmp_path)
@@ -160,47 +172,8 @@ class TestStepSeconds:
         assert pipeline.step_seconds(fragments) == {"features": 12.5, "train": 80.0}
 
 
-class TestVersions:
-    def test_code_version_prefers_env(self, monkeypatch):
-        monkeypatch.setenv("CHURN_CODE_VERSION", "1.2.3")
-        assert pipeline.code_version(REPO_ROOT) == "1.2.3"
-
-    def test_code_version_outside_git(self, tmp_path, monkeypatch):
-        monkeypatch.delenv("CHURN_CODE_VERSION", raising=False)
-        assert pipeline.code_version(tmp_path) == "unknown"
-
-    def test_library_versions(self):
-        versions = pipeline.library_versions(("pyarrow", "no-such-package-xyz"))
-        assert versions["no-such-package-xyz"] is None
-        assert versions["pyarrow"] == "26.0.1"
-
-    def test_resolve_spec_path(self):
+class TestResolveSpecPath:
+    def test_relative_to_the_repo_uris_and_absolute_paths_kept(self):
         assert pipeline.resolve_spec_path("s3://b/spec.yaml", "/repo") == "s3://b/spec.yaml"
         assert pipeline.resolve_spec_path("include/x.yaml", "/repo") == "/repo/include/x.yaml"
         assert pipeline.resolve_spec_path("/abs/x.yaml", "/repo") == "/abs/x.yaml"
-
-
-class TestDemoSummary:
-    def test_summary_of_a_scored_day(self, tmp_path):
-        import pandas as pd
-
-        root, layout = str(tmp_path), Layout(str(tmp_path))
-        counts = {"rows_in": 3, "rows_out": 3, "rows_rejected": 0}
-        write_json_atomic(layout.run_fragment(DS, "ingest"), {"tables": {"customers": counts}})
-        pipeline._write_fragment(root, DS, "decide", {"train": False, "reason": "not due"})
-        pipeline._write_fragment(root, DS, "score", {"skipped": False, "model_version": "v1"})
-        Path(layout.predictions(DS)).mkdir(parents=True)
-        pd.DataFrame({"customer_id": ["c1", "c2", "c3"], "churn_probability": [0.2, 0.9, 0.5],
-                      "model_version": "v1", "ds": DS}).to_parquet(
-            f"{layout.predictions(DS)}/part-0.parquet")
-        pipeline.publish_manifest(root, DS, run={}, repo_root=str(REPO_ROOT))
-
-        summary = pipeline.demo_summary(root, SPEC, ["2025-03-16", DS])
-
-        assert [d["published"] for d in summary["days"]] == [False, True]
-        assert summary["days"][1]["prediction_rows"] == 3
-        assert [r["customer_id"] for r in summary["top_at_risk"]] == ["c2", "c3", "c1"]
-        text = pipeline.format_summary(summary)
-        assert f"{DS}  customers in=3 out=3 rejected=0 | no training | scored 3 rows with v1" in text
-        assert "Champion: none yet" in text
-        assert f"Top 3 at-risk customers on {DS}:" in text

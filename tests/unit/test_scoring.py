@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from churn import scoring
-from churn.modeling import MissingFeatureError
+from churn.modeling import MissingFeatureError, load_booster
 from tests.support.model_fixture import ID_COLUMN, churn_labels, features_frame, train_tiny_model
 
 DS = "2026-01-15"
@@ -110,11 +112,36 @@ class TestBatches:
         booster, schema = model
         model_bytes = bytes(booster.save_raw("ubj"))
         monkeypatch.setattr(scoring, "_BOOSTERS", {})
+        built = []
+
+        def counting_load_booster(data: bytes):
+            built.append(data)
+            return load_booster(data)
+
+        monkeypatch.setattr(scoring, "load_booster", counting_load_booster)
         batches = [frame.iloc[i:i + 100] for i in range(0, len(frame), 100)]
+        scorer = scoring.batch_scorer(lambda: model_bytes, schema.to_json(), id_column=ID_COLUMN)
         for _ in range(2):  # two partitions handled by the same worker
-            list(scoring.score_batches(iter(batches), model_bytes, schema, id_column=ID_COLUMN))
-        assert list(scoring._BOOSTERS) == [scoring.model_digest(model_bytes)]
-        assert scoring.cached_booster(model_bytes) is scoring._BOOSTERS[scoring.model_digest(model_bytes)]
+            assert len(list(scorer(iter(batches)))) == len(batches) == 3
+        assert built == [model_bytes]
+        assert scoring.cached_booster(model_bytes) is scoring.cached_booster(model_bytes)
+
+    def test_build_log_has_one_line_per_build_only_when_asked(self, model, monkeypatch,
+                                                               tmp_path):
+        booster, _ = model
+        model_bytes = bytes(booster.save_raw("ubj"))
+        monkeypatch.setattr(scoring, "_BOOSTERS", {})
+        monkeypatch.delenv(scoring.BUILD_LOG_ENV, raising=False)
+        monkeypatch.chdir(tmp_path)
+        scoring.cached_booster(model_bytes)
+        assert list(tmp_path.iterdir()) == []  # unset: a no-op
+        monkeypatch.setattr(scoring, "_BOOSTERS", {})
+        monkeypatch.setenv(scoring.BUILD_LOG_ENV, str(tmp_path))
+        for _ in range(3):
+            scoring.cached_booster(model_bytes)
+        log = tmp_path / f"{os.getpid()}.builds"
+        assert [p.name for p in tmp_path.iterdir()] == [log.name]
+        assert log.read_text() == f"{scoring.model_digest(model_bytes)}\n"
 
     def test_pickle_bytes_are_refused(self, model):
         import pickle

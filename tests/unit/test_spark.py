@@ -1,27 +1,53 @@
-"""The session helper's settings, checked without starting Spark."""
+"""The session helper's settings, checked without starting Spark: pure functions of the
+environment they are given."""
 
 from __future__ import annotations
 
-from churn.spark import session_conf
+import pytest
+
+from churn.spark import resolve_master, session_conf
+
+LOCAL_ENV = {"SPARK_LOCAL_IP": "127.0.0.1"}
+
+
+class TestResolveMaster:
+    @pytest.mark.parametrize(("master", "env", "expected"), [
+        ("local[2]", {"SPARK_MASTER": "yarn"}, "local[2]"),  # an explicit master wins
+        (None, {"SPARK_MASTER": "spark://h:7077", "PYSPARK_GATEWAY_PORT": "1"}, "spark://h:7077"),
+        (None, {"PYSPARK_GATEWAY_PORT": "40123"}, None),  # spark-submit already chose it
+        (None, {}, "local[*]"),
+    ])
+    def test_explicit_then_env_then_launcher_then_local(self, master, env, expected):
+        assert resolve_master(master, env) == expected
 
 
 class TestSessionConf:
-    def test_local_session_routes_s3_to_s3a_and_binds_loopback(self, monkeypatch):
-        monkeypatch.setenv("SPARK_LOCAL_IP", "127.0.0.1")
-        conf = session_conf("local[2]", arrow_batch_size=5000)
+    def test_local_session_routes_s3_to_s3a_and_binds_loopback(self):
+        conf = session_conf("local[2]", arrow_batch_size=5000, env=LOCAL_ENV)
         assert conf["spark.hadoop.fs.s3.impl"] == "org.apache.hadoop.fs.s3a.S3AFileSystem"
         assert conf["spark.driver.host"] == "127.0.0.1"
         assert conf["spark.sql.execution.arrow.maxRecordsPerBatch"] == "5000"
         assert conf["spark.sql.sources.partitionOverwriteMode"] == "dynamic"
 
     def test_cluster_session_keeps_the_platforms_s3_handler(self):
-        conf = session_conf(None, arrow_batch_size=None)
+        conf = session_conf(None, arrow_batch_size=None, env=LOCAL_ENV)
         assert "spark.hadoop.fs.s3.impl" not in conf
         assert "spark.driver.host" not in conf
         assert conf["spark.sql.session.timeZone"] == "UTC"
 
-    def test_moto_endpoint_switches_to_path_style(self, monkeypatch):
-        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")
-        conf = session_conf("local[1]", arrow_batch_size=None)
+    def test_moto_endpoint_switches_to_path_style(self):
+        conf = session_conf("local[1]", arrow_batch_size=None,
+                            env={"AWS_ENDPOINT_URL": "http://127.0.0.1:5000"})
         assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://127.0.0.1:5000"
         assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
+
+    def test_workers_use_the_given_python(self):
+        conf = session_conf("local[1]", arrow_batch_size=None, env={"PYSPARK_PYTHON": "/v/python"})
+        assert conf["spark.pyspark.python"] == conf["spark.executorEnv.PYSPARK_PYTHON"] == (
+            "/v/python")
+
+    def test_reads_only_the_env_it_is_given(self, monkeypatch):
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://elsewhere:1")
+        monkeypatch.setenv("PYSPARK_PYTHON", "/elsewhere/python")
+        conf = session_conf("local[1]", arrow_batch_size=None, env={})
+        assert "spark.hadoop.fs.s3a.endpoint" not in conf and "spark.pyspark.python" not in conf

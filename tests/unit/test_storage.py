@@ -12,9 +12,9 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from churn.storage import (Layout, atomic_partition, ds_range, filesystem, list_partitions,
-                           read_json, recover_partitions, shift_ds, staging_dir, validate_ds,
-                           write_json_atomic)
+from churn.storage import (Layout, atomic_partition, ds_range, filesystem, list_child_infos,
+                           list_children, list_partitions, read_json, recover_partitions, shift_ds,
+                           staging_dir, validate_ds, write_json_atomic)
 from tests.support.processes import child_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -237,6 +237,13 @@ class TestOnS3:
             assert src.read() == b"second"
         assert list_partitions(area) == [DS]
 
+    def test_list_children_skips_hidden_and_temps(self, s3_root):
+        area = f"{s3_root}/children"
+        for name in ("b.json", f"_tmp-ds={DS}-{HEX}/x", "_locks/ds", ".hidden", "a/part.bin"):
+            _s3_put(f"{area}/{name}", b"x")
+        assert list_children(area) == ["a", "b.json"]
+        assert list_children(f"{s3_root}/nothing") == []
+
     def test_staging_ranges_are_honoured(self, s3_root):
         area = f"{s3_root}/labels"
         for name in AREA_ENTRIES:
@@ -261,6 +268,28 @@ class TestJson:
         (area / "notes.txt").write_text("x")
         assert list_partitions(str(area)) == [DS, "2026-03-02"]
         assert list_partitions(str(tmp_path / "nothing")) == []
+
+
+class TestListChildren:
+    HIDDEN = (f"_tmp-ds={DS}-{HEX}", f"_old-ds={DS}-{HEX}", f"_ready-ds={DS}-{HEX}", "_locks",
+              "_SUCCESS", ".part-0.crc", ".git")
+
+    def test_sorted_visible_names_files_and_directories(self, tmp_path):
+        for name in ("v2", "v10", "b", *self.HIDDEN):
+            (tmp_path / name).mkdir()
+        (tmp_path / "a.json").write_text("{}")
+        assert list_children(str(tmp_path)) == ["a.json", "b", "v10", "v2"]
+
+    def test_infos_carry_the_entry_type(self, tmp_path):
+        (tmp_path / "dir").mkdir()
+        (tmp_path / "file").write_text("x")
+        (tmp_path / "_SUCCESS").write_text("")
+        assert [(i.base_name, i.type) for i in list_child_infos(str(tmp_path))] == [
+            ("dir", pafs.FileType.Directory), ("file", pafs.FileType.File)]
+
+    def test_missing_directory_is_empty(self, tmp_path):
+        assert list_children(str(tmp_path / "nothing")) == []
+        assert list_child_infos(str(tmp_path / "nothing")) == []
 
 
 class TestListPartitions:

@@ -12,10 +12,9 @@ import hashlib
 import re
 import shlex
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, BaseOperatorLink
@@ -40,38 +39,6 @@ if TYPE_CHECKING:
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 STATE_KEY = "ray_submission_id"
-
-
-def churn_runtime_env(
-    repo_root: str | Path,
-    *,
-    working_dir: str | Path | None = None,
-    env_vars: Mapping[str, str] | None = None,
-    pip: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """A runtime_env that ships the repo's Ray jobs and the ``churn`` package to the cluster.
-
-    Args:
-        repo_root: the project's checkout (holds ``ray_jobs/`` and ``include/churn``).
-        working_dir: the job's working directory; defaults to ``<repo_root>/ray_jobs``.
-        env_vars: environment variables of the job.
-        pip: extra pip requirements installed for the job.
-
-    Returns:
-        A runtime_env dict (``working_dir``, ``py_modules`` and the optional keys).
-    """
-    root = Path(repo_root)
-    runtime_env: dict[str, Any] = {
-        "working_dir": str(working_dir or root / "ray_jobs"),
-        "py_modules": [str(root / "include" / "churn")],
-        # bytecode caches change the package hash, forcing a new upload per submission
-        "excludes": ["__pycache__/", "*.pyc"],
-    }
-    if env_vars:
-        runtime_env["env_vars"] = {str(k): str(v) for k, v in env_vars.items()}
-    if pip:
-        runtime_env["pip"] = list(pip)
-    return runtime_env
 
 
 def submission_prefix(namespace: str, dag_id: str, run_id: str, task_id: str,
@@ -149,7 +116,7 @@ class SubmitRayJobOperator(BaseOperator):
 
     :param entrypoint: the command as an argv list (templated); it is quoted word by word and
         run with ``exec``, so no rendered value reaches a shell.
-    :param runtime_env: Ray runtime_env, e.g. from ``churn_runtime_env`` (templated).
+    :param runtime_env: Ray runtime_env (``working_dir``, ``py_modules``, ...; templated).
     :param entrypoint_num_cpus: CPUs reserved for the entrypoint process.
     :param metadata: string key/values stored with the job; Airflow ids are added (templated).
     :param namespace: the deployment's namespace in every submission id (templated;

@@ -1,17 +1,15 @@
-"""SubmitRayJobOperator without a cluster: argument checks, ids, templated fields, runtime_env."""
+"""SubmitRayJobOperator without a cluster: argument checks, ids, templated fields, commands."""
 
 from __future__ import annotations
 
 import re
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
 from churn_airflow.operators.ray_job import (
     RayJobLink,
     SubmitRayJobOperator,
-    churn_runtime_env,
     exec_command,
     submission_id,
     submission_prefix,
@@ -86,23 +84,6 @@ class TestSubmissionIds:
 
         with pytest.raises(ValueError, match="namespace must match"):
             _checked_namespace(namespace)
-
-
-class TestChurnRuntimeEnv:
-    def test_ships_ray_jobs_and_churn(self):
-        env = churn_runtime_env("/repo", env_vars={"CHURN_DATA_ROOT": "/data"}, pip=["xgboost-cpu"])
-        assert env == {
-            "working_dir": str(Path("/repo/ray_jobs")),
-            "py_modules": [str(Path("/repo/include/churn"))],
-            "excludes": ["__pycache__/", "*.pyc"],
-            "env_vars": {"CHURN_DATA_ROOT": "/data"},
-            "pip": ["xgboost-cpu"],
-        }
-
-    def test_optional_keys_left_out(self):
-        env = churn_runtime_env(Path("/repo"), working_dir="/elsewhere")
-        assert env["working_dir"] == "/elsewhere" and set(env) == {
-            "working_dir", "py_modules", "excludes"}
 
 
 class TestExecCommand:
