@@ -20,12 +20,12 @@ import json
 import os
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _common import timed
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -55,13 +55,6 @@ def make_data(rows: int) -> tuple[tuple[pd.DataFrame, pd.DataFrame], training.Ma
     """The frames (for Ray Data) and their encoded matrices (for W = 1 trials)."""
     frames = make_frames(rows)
     return frames, training.encode(infer_schema(frames[0], "customer_id"), *frames)
-
-
-def timed(fn: Callable[[], object]) -> float:
-    """Wall seconds of one call."""
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def plain_xgboost(data: training.Matrices, settings: training.BoostSettings, nthread: int) -> float:
@@ -143,20 +136,23 @@ def print_table(result: dict) -> None:
           f"{result['rounds']} rounds x {result['features']} features")
     print(f"{'measure':44} {'ours s':>8} {'base s':>8} {'ratio':>6}  goal")
     for size in result.get("sizes", []):
-        print(f"{'job W=1 / plain xgboost, ' + str(size['rows']) + ' rows':44} "
-              f"{size['job_w1_s']:8.2f} {size['plain_s']:8.2f} {size['ratio']:6.2f}  <= 1.3")
+        _print_row(f"job W=1 / plain xgboost, {size['rows']} rows", size["job_w1_s"],
+                   size["plain_s"], size["ratio"], "<= 1.3")
     if "tune" in result:
         tune = result["tune"]
-        print(f"{'Tune ' + str(tune['trials']) + ' trials: sequential / parallel':44} "
-              f"{tune['sequential_s']:8.2f} {tune['parallel_s']:8.2f} {tune['speedup']:6.2f}"
-              "  >= 1.6")
-        print(f"{'  same, sequential trials of 1 CPU each':44} "
-              f"{tune['sequential_1cpu_s']:8.2f} {tune['parallel_s']:8.2f} "
-              f"{tune['speedup_vs_1cpu_each']:6.2f}")
+        _print_row(f"Tune {tune['trials']} trials: sequential / parallel", tune["sequential_s"],
+                   tune["parallel_s"], tune["speedup"], ">= 1.6")
+        _print_row("  same, sequential trials of 1 CPU each", tune["sequential_1cpu_s"],
+                   tune["parallel_s"], tune["speedup_vs_1cpu_each"])
     if "train_v2" in result:
         v2 = result["train_v2"]
-        print(f"{'Train V2 W=2 / W=1, ' + str(v2['rows']) + ' rows':44} "
-              f"{v2['w2_s']:8.2f} {v2['w1_s']:8.2f} {v2['ratio']:6.2f}  (report)")
+        _print_row(f"Train V2 W=2 / W=1, {v2['rows']} rows", v2["w2_s"], v2["w1_s"], v2["ratio"],
+                   "(report)")
+
+
+def _print_row(measure: str, ours: float, base: float, ratio: float, goal: str = "") -> None:
+    """One line of `print_table`: seconds of ours and of the baseline, their ratio, the goal."""
+    print(f"{measure:44} {ours:8.2f} {base:8.2f} {ratio:6.2f}" + (f"  {goal}" if goal else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

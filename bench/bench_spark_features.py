@@ -22,11 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from _common import PeakRss
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "include" / "datasets" / "synthetic.yaml"
@@ -44,42 +45,15 @@ class Measure:
     peak_self_rss_mb: float = 0.0  # this python process alone (where DuckDB runs)
 
 
-@dataclass
-class _Sampler:
-    peak: int = 0
-    peak_self: int = 0
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def loop(self) -> None:
-        import psutil
-
-        me = psutil.Process()
-        while not self.stop.wait(0.1):
-            own = me.memory_info().rss
-            total = own
-            for proc in me.children(recursive=True):
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    continue
-            self.peak, self.peak_self = max(self.peak, total), max(self.peak_self, own)
-
-
 @contextmanager
 def measured(into: Measure):
     """Time a block and sample the RSS of this process tree every 100 ms."""
-    sampler = _Sampler()
-    thread = threading.Thread(target=sampler.loop, daemon=True)
-    thread.start()
-    began = time.perf_counter()
-    try:
+    with PeakRss(interval=0.1) as rss:
+        began = time.perf_counter()
         yield into
-    finally:
         into.seconds = time.perf_counter() - began
-        sampler.stop.set()
-        thread.join()
-        into.peak_rss_mb = round(sampler.peak / 2**20, 1)
-        into.peak_self_rss_mb = round(sampler.peak_self / 2**20, 1)
+    into.peak_rss_mb = round(rss.peak / 2**20, 1)
+    into.peak_self_rss_mb = round(rss.peak_self / 2**20, 1)
 
 
 def bench_spec(workdir: Path) -> str:

@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+from _common import PeakRss, timed
 
 from churn.modeling import predict_proba
 from churn.registry import ModelArtifact
@@ -36,45 +34,6 @@ from tests.support.model_fixture import ID_COLUMN, features_frame, train_tiny_mo
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_spark_score.json"
 DS = "2026-03-01"
-
-
-class PeakRss:
-    """Samples the RSS of this process and all its descendants; keeps the peak (bytes)."""
-
-    def __init__(self, interval: float = 0.5) -> None:
-        self.peak = 0
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _total(self) -> int:
-        me = psutil.Process()
-        total = 0
-        for proc in [me, *me.children(recursive=True)]:
-            try:
-                total += proc.memory_info().rss
-            except psutil.Error:
-                continue
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.peak = max(self.peak, self._total())
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def timed(fn: Callable[[], object]) -> float:
-    """Wall seconds of one call."""
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def row_udf(spark, broadcast, schema_json: str, features: tuple[str, ...]):

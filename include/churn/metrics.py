@@ -98,34 +98,39 @@ def _figure(title: str, xlabel: str, ylabel: str):
     return figure, axes
 
 
+def _curve_png(title: str, xlabel: str, ylabel: str, x: np.ndarray, y: np.ndarray,
+               baseline: float | None = None, **style) -> bytes:
+    """One curve and its no-skill reference: the diagonal, or a level line at `baseline`."""
+    figure, axes = _figure(title, xlabel, ylabel)
+    axes.plot(x, y, **style)
+    if baseline is None:
+        axes.plot([0, 1], [0, 1], linestyle="--", color="grey")
+    else:
+        axes.axhline(baseline, linestyle="--", color="grey")
+    return _png(figure)
+
+
 def _roc_png(y: np.ndarray, p: np.ndarray) -> bytes:
     from sklearn.metrics import roc_curve
 
     fpr, tpr, _ = roc_curve(y, p)
-    figure, axes = _figure("ROC curve", "false positive rate", "true positive rate")
-    axes.plot(fpr, tpr)
-    axes.plot([0, 1], [0, 1], linestyle="--", color="grey")
-    return _png(figure)
+    return _curve_png("ROC curve", "false positive rate", "true positive rate", fpr, tpr)
 
 
 def _pr_png(y: np.ndarray, p: np.ndarray) -> bytes:
     from sklearn.metrics import precision_recall_curve
 
     precision, recall, _ = precision_recall_curve(y, p)
-    figure, axes = _figure("Precision-recall curve", "recall", "precision")
-    axes.plot(recall, precision)
-    axes.axhline(y.mean(), linestyle="--", color="grey")
-    return _png(figure)
+    return _curve_png("Precision-recall curve", "recall", "precision", recall, precision,
+                      baseline=y.mean())
 
 
 def _calibration_png(y: np.ndarray, p: np.ndarray) -> bytes:
     from sklearn.calibration import calibration_curve
 
     observed, predicted = calibration_curve(y, p, n_bins=10, strategy="quantile")
-    figure, axes = _figure("Calibration", "mean predicted probability", "observed churn rate")
-    axes.plot(predicted, observed, marker="o")
-    axes.plot([0, 1], [0, 1], linestyle="--", color="grey")
-    return _png(figure)
+    return _curve_png("Calibration", "mean predicted probability", "observed churn rate",
+                      predicted, observed, marker="o")
 
 
 def _importance_png(importance: dict[str, float], top: int = 20) -> bytes:

@@ -148,9 +148,7 @@ def decide_training(root: str, spec_path: str, ds: str, *, every_days: int, forc
     """Decide whether the run for ds trains, and record the decision in `runs/ds=…/decide.json`.
 
     Args:
-        root: the data root.
-        spec_path: the dataset spec file.
-        ds: the run's logical date.
+        root, spec_path, ds: the data root, the dataset spec file and the run's logical date.
         every_days: the training cadence.
         force: the `force_retrain` param.
         min_label_days: matured label days needed before any training.
@@ -180,9 +178,7 @@ def scoring_model(root: str, spec_path: str, ds: str, *, skip_scoring: bool) -> 
     also replaces any score fragment left by an earlier run of the same day.
 
     Args:
-        root: the data root.
-        spec_path: the dataset spec file.
-        ds: the run's logical date.
+        root, spec_path, ds: the data root, the dataset spec file and the run's logical date.
         skip_scoring: the `skip_scoring` param.
 
     Returns:
@@ -210,9 +206,7 @@ def run_gate(root: str, spec_path: str, ds: str, train_result: dict, decided_by:
     """Put the freshly trained version through the registry's gate (promote or keep).
 
     Args:
-        root: the data root.
-        spec_path: the dataset spec file.
-        ds: the run's logical date.
+        root, spec_path, ds: the data root, the dataset spec file and the run's logical date.
         train_result: the Ray job operator's XCom: {"submission_id", "status", "result"}, where
             result is the training entry point's last-line JSON (with "version" and "metrics").
         decided_by: who decides, e.g. `churn_pipeline/<run_id>`.

@@ -25,7 +25,7 @@ from churn_airflow.hooks.ray_job import RayJobError, RayJobHook
 from churn_airflow.operators.ray_job import SubmitRayJobOperator
 from churn_airflow.ray_runtime import churn_runtime_env
 from churn_airflow.triggers.ray_job import RayJobTrigger
-from tests.support.ray_jobs import TaskInstanceStub, defer, job_statuses, wait_until
+from tests.support.ray_jobs import TaskInstanceStub, defer, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINTS = REPO_ROOT / "tests" / "support" / "ray_entrypoints"

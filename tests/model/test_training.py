@@ -8,16 +8,10 @@ import pytest
 from churn import training
 from churn.metrics import roc_auc
 from churn.modeling import infer_schema, predict_proba
-from churn.spec import load_spec
 from churn.storage import ds_range
 from tests.model.synthetic_frames import churn_probability, write_days
 
 RUN_DS = "2026-02-10"
-
-
-@pytest.fixture(scope="module")
-def spec(spec_path):
-    return load_spec(spec_path)
 
 
 def _split(root, spec, days: list[str], rows: int, seed: int = 0):

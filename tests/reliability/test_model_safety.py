@@ -21,7 +21,7 @@ import pytest
 from churn import champion, gate, registry
 from churn.modeling import MissingFeatureError
 from churn.scoring import cached_booster
-from churn.spec import dump_spec, load_spec
+from churn.spec import dump_spec
 from churn.storage import Layout, ds_range, write_json_atomic
 from spark_jobs import score
 from tests.model.synthetic_frames import train_version, write_days
@@ -44,11 +44,6 @@ class Detonator:
 
     def __reduce__(self):
         return (Path.write_text, (self.marker, "unpickled"))
-
-
-@pytest.fixture(scope="module")
-def spec(spec_path):
-    return load_spec(spec_path)
 
 
 @pytest.fixture(scope="module")

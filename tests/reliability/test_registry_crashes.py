@@ -30,7 +30,6 @@ from churn import gate, registry
 from churn.champion import LOCK_FILE, LockPolicy, list_decisions, promote, read_champion
 from churn.faults import KILL_AT_ENV
 from churn.modeling import load_booster
-from churn.spec import load_spec
 from churn.storage import Layout
 from churn.training import holdout_auc
 from tests.model.synthetic_frames import (DAYS, MODEL, RUN_DS, STRONG, WEAK, train_version,
@@ -55,11 +54,6 @@ with _champion_lock(sys.argv[1], sys.argv[2]) as held:
     sys.stdin.readline()
     print("owns" if held.owns_path() else "lost", flush=True)
 """
-
-
-@pytest.fixture(scope="module")
-def spec(spec_path):
-    return load_spec(spec_path)
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,9 @@ from pathlib import Path
 import pytest
 
 from churn import champion, registry
-from churn.spec import load_spec
 from churn.storage import Layout, write_json_atomic
 from tests.model.synthetic_frames import (DAYS, MODEL, RUN_DS, STRONG, WEAK, train_version,
                                        write_days)
-
-
-@pytest.fixture(scope="module")
-def spec(spec_path):
-    return load_spec(spec_path)
 
 
 @pytest.fixture()

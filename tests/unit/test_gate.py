@@ -12,7 +12,6 @@ import pytest
 
 from churn import champion, gate
 from churn.faults import PAUSE_AT_ENV, PAUSE_DIR_ENV
-from churn.spec import load_spec
 from churn.storage import Layout
 from tests.model.synthetic_frames import (DAYS, MODEL, RUN_DS, STRONG, WEAK, train_version,
                                        write_days)
@@ -21,11 +20,6 @@ from tests.model.synthetic_frames import (DAYS, MODEL, RUN_DS, STRONG, WEAK, tra
 # champion lock's critical section, one inside it (pointer read, not yet switched) and the other
 # at its door, before either switches.
 COLLIDE = "gate:decided;registry:compared,registry:lock-busy"
-
-
-@pytest.fixture(scope="module")
-def spec(spec_path):
-    return load_spec(spec_path)
 
 
 @pytest.fixture()

@@ -16,18 +16,12 @@ from churn import registry, training
 from churn.metrics import roc_auc
 from churn.model_version import SearchResult, TrainSettings, train_model
 from churn.modeling import load_booster, predict_proba
-from churn.spec import load_spec
 from churn.storage import Layout, ds_range
 from tests.model.synthetic_frames import DAYS, MODEL, RUN_DS, STRONG, fixed_search, write_days
 
 SETTINGS = TrainSettings(trials=1, seed=7, num_boost_round=8, early_stopping_rounds=None)
 # Five days of which the last validates once train_days is 5: the window is split in time.
 DAYS_WITH_GAP = [*ds_range("2025-12-02", "2025-12-05"), "2026-01-05"]
-
-
-@pytest.fixture(scope="module")
-def spec(spec_path):
-    return load_spec(spec_path)
 
 
 @pytest.fixture()

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from churn import registry
-from churn.spec import load_spec
 from churn.storage import Layout
 from tests.model.synthetic_frames import DAYS, MODEL, RUN_DS, STRONG, train_version, write_days
 from tests.support.processes import REPO_ROOT, child_env
@@ -28,11 +27,6 @@ import churn.champion, churn.registry
 print(json.dumps({{"by_pyarrow": sorted(set({HEAVY_MODULES!r}) & baseline),
                   "loaded": sorted(set({HEAVY_MODULES!r}) & set(sys.modules))}}))
 """
-
-
-@pytest.fixture(scope="module")
-def spec(spec_path):
-    return load_spec(spec_path)
 
 
 @pytest.fixture()

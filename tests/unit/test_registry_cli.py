@@ -11,13 +11,7 @@ from pathlib import Path
 import pytest
 
 from churn import champion, registry_cli
-from churn.spec import load_spec
 from tests.model.synthetic_frames import DAYS, MODEL, RUN_DS, STRONG, train_version, write_days
-
-
-@pytest.fixture(scope="module")
-def spec(spec_path):
-    return load_spec(spec_path)
 
 
 @pytest.fixture()
