@@ -90,7 +90,7 @@ class TestChurnPipelineShape:
     def test_train_is_deferrable_ray_job(self, dag):
         train = dag.task_dict["train"]
         assert type(train).__name__ == "SubmitRayJobOperator"
-        assert train.deferrable is True
+        assert train.wait_options.deferrable is True
         assert train.entrypoint[:2] == ["python", "train.py"]  # argv: no shell parses a value
         args = dict(zip(train.entrypoint[2::2], train.entrypoint[3::2]))
         assert args["--ds"] == "{{ ds }}" and args["--trials"] == "{{ params.tune_trials }}"

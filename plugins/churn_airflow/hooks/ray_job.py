@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -53,6 +54,23 @@ class RayJobNotFoundError(RayJobError):
     """The cluster has no job with that id (never submitted, deleted, or lost by a head restart)."""
 
 
+def _retry_only(predicate: Callable[[BaseException], bool], *, stop: tenacity.stop.stop_base,
+                wait: tenacity.wait.wait_base, **options: Any) -> Any:
+    """A tenacity decorator that retries only the errors ``predicate`` accepts.
+
+    Args:
+        predicate: tells a retryable error from any other, which is raised at once.
+        stop: when to give up; the last error is then raised as it is.
+        wait: the wait between tries.
+        options: more ``tenacity.retry`` options (e.g. ``before_sleep``).
+
+    Returns:
+        The decorator (for sync and async functions alike).
+    """
+    return tenacity.retry(retry=tenacity.retry_if_exception(predicate), stop=stop, wait=wait,
+                          reraise=True, **options)
+
+
 def _is_connection_error(exc: BaseException) -> bool:
     """Retry predicate: the request never got an answer (connection refused, reset, DNS)."""
     import aiohttp
@@ -63,11 +81,9 @@ def _is_connection_error(exc: BaseException) -> bool:
     )
 
 
-_retry_on_connection_error = tenacity.retry(
-    retry=tenacity.retry_if_exception(_is_connection_error),
-    stop=tenacity.stop_after_attempt(4),
+_retry_on_connection_error = _retry_only(
+    _is_connection_error, stop=tenacity.stop_after_attempt(4),
     wait=tenacity.wait_exponential(multiplier=0.5, max=5),
-    reraise=True,
 )
 
 
@@ -83,12 +99,9 @@ def _log_head_unreachable(retry_state: tenacity.RetryCallState) -> None:
 
 # Reads made while watching a running job: a head restart takes longer than the 4 quick tries
 # above, and giving up early would fail a task whose job may still be fine.
-_retry_while_head_unreachable = tenacity.retry(
-    retry=tenacity.retry_if_exception(_is_connection_error),
-    stop=tenacity.stop_after_delay(HEAD_UNREACHABLE_TOLERANCE_S),
-    wait=tenacity.wait_exponential(multiplier=0.5, max=5),
-    before_sleep=_log_head_unreachable,
-    reraise=True,
+_retry_while_head_unreachable = _retry_only(
+    _is_connection_error, stop=tenacity.stop_after_delay(HEAD_UNREACHABLE_TOLERANCE_S),
+    wait=tenacity.wait_exponential(multiplier=0.5, max=5), before_sleep=_log_head_unreachable,
 )
 
 
@@ -101,11 +114,9 @@ def _is_agent_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "No available agent to submit job" in str(exc)
 
 
-_retry_submit_until_agent_ready = tenacity.retry(
-    retry=tenacity.retry_if_exception(_is_agent_unavailable),
-    stop=tenacity.stop_after_attempt(6),
+_retry_submit_until_agent_ready = _retry_only(
+    _is_agent_unavailable, stop=tenacity.stop_after_attempt(6),
     wait=tenacity.wait_exponential(multiplier=1, max=10),
-    reraise=True,
 )
 
 
@@ -353,7 +364,7 @@ class RayJobHook(BaseHook):
         """
         from ray.job_submission import JobStatus
 
-        return JobStatus(self._get_json(f"/api/jobs/{submission_id}", submission_id)["status"])
+        return JobStatus(self._get_job_json(submission_id)["status"])
 
     @_retry_on_connection_error
     def find_job(self, submission_id: str) -> JobDetails | None:
@@ -364,7 +375,7 @@ class RayJobHook(BaseHook):
         from ray.job_submission import JobDetails
 
         try:
-            return JobDetails(**self._get_json(f"/api/jobs/{submission_id}", submission_id))
+            return JobDetails(**self._get_job_json(submission_id))
         except RayJobNotFoundError:
             return None
 
@@ -374,12 +385,13 @@ class RayJobHook(BaseHook):
 
         :param submission_id: the job's submission id.
         """
-        return str(self._get_json(f"/api/jobs/{submission_id}/logs", submission_id)["logs"])
+        return str(self._get_job_json(submission_id, "/logs")["logs"])
 
-    def _get_json(self, path: str, submission_id: str) -> Any:
-        """GET one Jobs API path about a job; raises unless HTTP 200 (404: job not found)."""
+    def _get_job_json(self, submission_id: str, endpoint: str = "") -> Any:
+        """GET ``/api/jobs/<submission_id><endpoint>``; raises unless HTTP 200 (404: not found)."""
         import requests
 
+        path = f"/api/jobs/{submission_id}{endpoint}"
         reply = requests.get(
             f"{self.settings.address}{path}",
             headers=self.settings.headers,
@@ -425,10 +437,11 @@ class RayJobHook(BaseHook):
         """All jobs the cluster knows, in any state."""
         return self.client.list_jobs()
 
-    async def _async_request(self, method: str, path: str, submission_id: str) -> Any:
-        """One JSON request about a job with aiohttp; raises unless HTTP 200 (404: not found)."""
+    async def _async_job_request(self, method: str, submission_id: str, endpoint: str = "") -> Any:
+        """``method /api/jobs/<submission_id><endpoint>`` with aiohttp; raises unless HTTP 200."""
         import aiohttp
 
+        path = f"/api/jobs/{submission_id}{endpoint}"
         settings = await self.aget_settings()
         timeout = aiohttp.ClientTimeout(total=_HTTP_TIMEOUT_S)
         async with aiohttp.ClientSession(headers=settings.headers, timeout=timeout) as session:
@@ -446,7 +459,7 @@ class RayJobHook(BaseHook):
 
         :param submission_id: the job's submission id.
         """
-        info = await self._async_request("GET", f"/api/jobs/{submission_id}", submission_id)
+        info = await self._async_job_request("GET", submission_id)
         return str(info["status"])
 
     @_retry_while_head_unreachable
@@ -455,8 +468,7 @@ class RayJobHook(BaseHook):
 
         :param submission_id: the job's submission id.
         """
-        reply = await self._async_request("GET", f"/api/jobs/{submission_id}/logs",
-                                          submission_id)
+        reply = await self._async_job_request("GET", submission_id, "/logs")
         return str(reply["logs"])
 
     @_retry_on_connection_error
@@ -467,6 +479,5 @@ class RayJobHook(BaseHook):
         :return: True when the job was still running.
         """
         self.log.info("Stopping Ray job %s", submission_id)
-        reply = await self._async_request("POST", f"/api/jobs/{submission_id}/stop",
-                                          submission_id)
+        reply = await self._async_job_request("POST", submission_id, "/stop")
         return bool(reply["stopped"])

@@ -13,6 +13,7 @@ import re
 import shlex
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -106,6 +107,28 @@ def _seconds(value: timedelta | float | None) -> float | None:
     return value.total_seconds() if isinstance(value, timedelta) else value
 
 
+@dataclass(frozen=True)
+class WaitOptions:
+    """How ``SubmitRayJobOperator`` waits for its job: its arguments of the same names."""
+
+    wait_for_completion: bool
+    deferrable: bool
+    poll_interval: float
+    job_timeout: float | None
+    log_tail_lines: int
+
+    def __post_init__(self) -> None:
+        """Raise ValueError when the options do not fit together."""
+        if self.deferrable and not self.wait_for_completion:
+            raise ValueError("deferrable=True waits in the triggerer: it needs wait_for_completion")
+        if self.poll_interval <= 0:
+            raise ValueError(f"poll_interval must be > 0, got {self.poll_interval}")
+        if self.job_timeout is not None and self.job_timeout <= 0:
+            raise ValueError(f"job_timeout must be > 0 seconds, got {self.job_timeout}")
+        if self.job_timeout is not None and not self.wait_for_completion:
+            raise ValueError("job_timeout needs wait_for_completion (nobody watches the job)")
+
+
 class SubmitRayJobOperator(BaseOperator):
     """Submit a Ray job, wait for it while streaming its log, and return its result.
 
@@ -152,25 +175,15 @@ class SubmitRayJobOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _check_arguments(
-            entrypoint=entrypoint,
-            entrypoint_num_cpus=entrypoint_num_cpus,
-            wait_for_completion=wait_for_completion,
-            deferrable=deferrable,
-            poll_interval=poll_interval,
-            job_timeout=_seconds(job_timeout),
-        )
+        _check_entrypoint(entrypoint, entrypoint_num_cpus)
         self.entrypoint = list(entrypoint)
         self.runtime_env = runtime_env
         self.entrypoint_num_cpus = entrypoint_num_cpus
         self.metadata = metadata
         self.namespace = namespace
         self.ray_conn_id = ray_conn_id
-        self.wait_for_completion = wait_for_completion
-        self.deferrable = deferrable
-        self.poll_interval = poll_interval
-        self.job_timeout = _seconds(job_timeout)
-        self.log_tail_lines = log_tail_lines
+        self.wait_options = WaitOptions(wait_for_completion, deferrable, poll_interval,
+                                        _seconds(job_timeout), log_tail_lines)
         self.submission_id: str | None = None
 
     @cached_property
@@ -199,17 +212,17 @@ class SubmitRayJobOperator(BaseOperator):
             self._record(context, previous.submission_id)
         else:
             self._record(context, self._submit(context, generation, previous))
-        if not self.wait_for_completion:
+        if not self.wait_options.wait_for_completion:
             generation.end()  # nobody watches the job: a clear must submit a new one
             status = str(self.hook.get_job_status(self.submission_id))
             return {"submission_id": self.submission_id, "status": status, "result": None}
         deadline = self._deadline(self.submission_id)
-        if self.deferrable:
+        if self.wait_options.deferrable:
             self.defer(
                 trigger=RayJobTrigger(
                     submission_id=self.submission_id,
                     ray_conn_id=self.ray_conn_id,
-                    poll_interval=self.poll_interval,
+                    poll_interval=self.wait_options.poll_interval,
                     deadline=deadline,
                 ),
                 method_name="execute_complete",
@@ -231,7 +244,7 @@ class SubmitRayJobOperator(BaseOperator):
 
     def on_kill(self) -> None:
         """Stop the job this task is waiting for (no orphan job after a kill)."""
-        if self.submission_id and self.wait_for_completion:
+        if self.submission_id and self.wait_options.wait_for_completion:
             self.hook.stop_job(self.submission_id)
 
     def _generation_job(self, generation: TryGeneration) -> JobDetails | None:
@@ -289,11 +302,12 @@ class SubmitRayJobOperator(BaseOperator):
 
     def _deadline(self, submission_id: str) -> float | None:
         """Epoch seconds at which the job is stopped: job start + ``job_timeout``."""
-        if self.job_timeout is None:
+        job_timeout = self.wait_options.job_timeout
+        if job_timeout is None:
             return None
         started_ms = self.hook.get_job_info(submission_id).start_time
         started = started_ms / 1000 if started_ms else time.time()
-        return started + self.job_timeout
+        return started + job_timeout
 
     def _wait(self, context: Context, submission_id: str,
               deadline: float | None) -> tuple[str, bool]:
@@ -332,7 +346,7 @@ class SubmitRayJobOperator(BaseOperator):
                 status = self._stop_and_wait(submission_id)
                 self._emit_new_lines(submission_id, offset, final=True)
                 return status, True
-            time.sleep(self.poll_interval)
+            time.sleep(self.wait_options.poll_interval)
 
     def _stop_and_wait(self, submission_id: str) -> str:
         """Stop the job and poll (bounded) until it is terminal; return its last status."""
@@ -367,8 +381,9 @@ class SubmitRayJobOperator(BaseOperator):
     def _raise_failed(self, submission_id: str, status: str, timed_out: bool) -> None:
         """Raise ``RayJobError`` quoting the job's message and its last log lines."""
         info = self.hook.get_job_info(submission_id)
-        tail = last_lines(self.hook.get_job_logs(submission_id), self.log_tail_lines)
-        reason = f"stopped after job_timeout={self.job_timeout}s" if timed_out else "ended"
+        options = self.wait_options
+        tail = last_lines(self.hook.get_job_logs(submission_id), options.log_tail_lines)
+        reason = f"stopped after job_timeout={options.job_timeout}s" if timed_out else "ended"
         if status in ACTIVE_STATUSES:
             reason = f"{reason} but Ray has not stopped it yet"
         raise RayJobError(
@@ -384,27 +399,11 @@ def _checked_namespace(namespace: str) -> str:
     return namespace
 
 
-def _check_arguments(
-    *,
-    entrypoint: Sequence[str],
-    entrypoint_num_cpus: float | None,
-    wait_for_completion: bool,
-    deferrable: bool,
-    poll_interval: float,
-    job_timeout: float | None,
-) -> None:
-    """Raise ValueError when the operator's arguments do not fit together."""
+def _check_entrypoint(entrypoint: Sequence[str], entrypoint_num_cpus: float | None) -> None:
+    """Raise ValueError unless the entrypoint is an argv list and its CPUs are not negative."""
     if isinstance(entrypoint, str) or not entrypoint or not all(
             isinstance(word, str) for word in entrypoint):
         raise ValueError("entrypoint must be a non-empty argv list of strings, e.g. "
                          f"['python', 'train.py'], got {entrypoint!r}")
     if entrypoint_num_cpus is not None and entrypoint_num_cpus < 0:
         raise ValueError(f"entrypoint_num_cpus must be >= 0, got {entrypoint_num_cpus}")
-    if deferrable and not wait_for_completion:
-        raise ValueError("deferrable=True waits in the triggerer: it needs wait_for_completion")
-    if poll_interval <= 0:
-        raise ValueError(f"poll_interval must be > 0, got {poll_interval}")
-    if job_timeout is not None and job_timeout <= 0:
-        raise ValueError(f"job_timeout must be > 0 seconds, got {job_timeout}")
-    if job_timeout is not None and not wait_for_completion:
-        raise ValueError("job_timeout needs wait_for_completion (nobody watches the job)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Any
 
@@ -17,6 +18,9 @@ STOP_GRACE_S = 60.0
 JOB_NOT_FOUND = "NOT_FOUND"
 
 
+# A dataclass: its fields are both the constructor's keyword arguments and the kwargs that
+# ``serialize()`` returns, so the two cannot drift apart. Equality and repr stay BaseTrigger's.
+@dataclass(kw_only=True, eq=False, repr=False)
 class RayJobTrigger(BaseTrigger):
     """Poll a Ray job until it is terminal, then fire one event.
 
@@ -37,37 +41,20 @@ class RayJobTrigger(BaseTrigger):
     :param stop_on_kill: stop the job when the user kills the task.
     """
 
-    def __init__(
-        self,
-        *,
-        submission_id: str,
-        ray_conn_id: str = RayJobHook.default_conn_name,
-        poll_interval: float = 5.0,
-        log_offset: int = 0,
-        deadline: float | None = None,
-        stop_on_kill: bool = True,
-    ) -> None:
+    submission_id: str
+    ray_conn_id: str = RayJobHook.default_conn_name
+    poll_interval: float = 5.0
+    log_offset: int = 0
+    deadline: float | None = None
+    stop_on_kill: bool = True
+
+    def __post_init__(self) -> None:
+        """Run ``BaseTrigger.__init__``, which the generated ``__init__`` does not call."""
         super().__init__()
-        self.submission_id = submission_id
-        self.ray_conn_id = ray_conn_id
-        self.poll_interval = poll_interval
-        self.log_offset = log_offset
-        self.deadline = deadline
-        self.stop_on_kill = stop_on_kill
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        """Classpath and kwargs that rebuild this trigger in the triggerer."""
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "submission_id": self.submission_id,
-                "ray_conn_id": self.ray_conn_id,
-                "poll_interval": self.poll_interval,
-                "log_offset": self.log_offset,
-                "deadline": self.deadline,
-                "stop_on_kill": self.stop_on_kill,
-            },
-        )
+        """Classpath and kwargs (every field) that rebuild this trigger in the triggerer."""
+        return f"{type(self).__module__}.{type(self).__qualname__}", asdict(self)
 
     @cached_property
     def hook(self) -> RayJobHook:

@@ -29,10 +29,10 @@ class TestSubmitRayJobOperatorArguments:
     def test_init_stores_arguments_without_io(self):
         op = operator(ray_conn_id="no_such_connection", job_timeout=timedelta(minutes=5),
                       entrypoint_num_cpus=1, metadata={"team": "ml"})
-        assert (op.entrypoint, op.ray_conn_id, op.job_timeout) == (
+        assert (op.entrypoint, op.ray_conn_id, op.wait_options.job_timeout) == (
             ENTRYPOINT, "no_such_connection", 300.0)
         assert op.entrypoint_num_cpus == 1 and op.metadata == {"team": "ml"}
-        assert op.submission_id is None and op.deferrable is False
+        assert op.submission_id is None and op.wait_options.deferrable is False
 
     def test_templated_fields(self):
         assert tuple(SubmitRayJobOperator.template_fields) == (
