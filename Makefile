@@ -10,10 +10,8 @@ setup:
 demo: setup
 	@$(RUN) bash scripts/demo.sh
 
-# Two xdist workers, one module (one shared world) per worker at a time: see tests/conftest.py.
 test: setup
-	@$(RUN) python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder \
-		--durations=25 $(PYTEST_ARGS)
+	@$(RUN) python -m pytest -q -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
 
 # The reliability table of the last `make test` (written under build/), as the tracked copy.
 reliability-table:

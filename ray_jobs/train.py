@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from churn import model_version, training
+from churn.cli import job_parser
 from churn.model_version import Search, SearchResult, TrainSettings
 from churn.modeling import FeatureSchema, load_booster
 from churn.registry import MODEL_FILE
@@ -173,9 +174,7 @@ def train_model(root: str, spec: DatasetSpec, ds: str, settings: TrainSettings,
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", required=True, help="data root")
-    parser.add_argument("--spec", required=True, help="dataset spec YAML")
+    parser = job_parser(__doc__)
     parser.add_argument("--ds", required=True, help="run day YYYY-MM-DD")
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--train-days", type=int, default=None)

@@ -16,7 +16,6 @@ a 0-byte file, a file written after its ready marker, or fewer rows than `ready.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -40,11 +39,10 @@ class JobArgs:
 
 def parse_args(argv: list[str] | None = None) -> JobArgs:
     """Parse the command line (`--ds D`, or `--start D1 --end D2`)."""
+    from churn.cli import job_parser
     from churn.storage import validate_ds
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", required=True, help="storage root (folder or s3://...)")
-    parser.add_argument("--spec", required=True, help="dataset spec YAML")
+    parser = job_parser(__doc__)
     parser.add_argument("--ds", type=validate_ds, help="the one day to build")
     parser.add_argument("--start", type=validate_ds, help="first day of a range")
     parser.add_argument("--end", type=validate_ds, help="last day of a range")

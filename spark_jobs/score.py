@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from churn import manifest
 from churn.champion import champion_uri
+from churn.cli import job_parser
 from churn.registry import ModelArtifact, check_version_uri, load_model_dir
 from churn.scoring import SCORES_DDL, batch_scorer, check_features
 from churn.spark import build_session, to_spark_uri
@@ -34,9 +35,7 @@ class NoChampionError(LookupError):
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the job's command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", required=True, help="data root (folder or s3://bucket/prefix)")
-    parser.add_argument("--spec", required=True, help="dataset spec YAML")
+    parser = job_parser(__doc__)
     parser.add_argument("--ds", required=True, type=validate_ds, help="day to score, YYYY-MM-DD")
     parser.add_argument("--model-uri", default=None,
                         help="models/<name>/<version> dir (default: the registry's champion)")

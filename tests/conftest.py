@@ -54,39 +54,3 @@ def spec(spec_path):
 
     return load_spec(spec_path)
 
-
-# Modules whose shared worlds take minutes: they start first, each on its own xdist worker, so
-# the short modules fill the other worker around them (see `make test`).
-LONGEST_FIRST = ("tests/e2e/", "tests/reliability/test_backfill_recovery.py")
-
-
-def module_group(nodeid: str) -> str:
-    """The xdist work unit of a test: its module (module fixtures are built once, on one
-    worker), except that the e2e modules form one unit: they share a session world, in order."""
-    path = nodeid.split("::", 1)[0]
-    return "tests/e2e/" if path.startswith("tests/e2e/") else path
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    """Longest groups first (stable otherwise): the order xdist hands the groups out in."""
-    def rank(item) -> int:
-        group = module_group(item.nodeid)
-        return next((i for i, prefix in enumerate(LONGEST_FIRST) if group.startswith(prefix)),
-                    len(LONGEST_FIRST))
-
-    items.sort(key=rank)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config, log):
-    """`-n 2 --dist loadfile`, with the e2e modules as one unit (see `module_group`). xdist's
-    own `xdist_group` marks do not take effect under pytest 9, hence a scheduler of our own."""
-    if config.getvalue("dist") != "loadfile":
-        return None
-    from xdist.scheduler import LoadScopeScheduling
-
-    class ModuleGroupScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return module_group(nodeid)
-
-    return ModuleGroupScheduling(config, log)

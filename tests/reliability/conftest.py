@@ -5,8 +5,7 @@ is merged (by test id) into the cases file and printed in the terminal summary, 
 note can quote each fault, the outcome and the rows in/out/rejected. The cases file is
 `build/reliability_cases.json` (ignored by git), or the path in `CHURN_RELIABILITY_CASES`
 (relative to the repository); `make reliability-table` copies it to the tracked
-`bench/results/reliability_cases.json`. Under xdist each worker hands its cases to the
-controller, which alone writes the file and prints the table.
+`bench/results/reliability_cases.json`.
 """
 
 from __future__ import annotations
@@ -58,19 +57,8 @@ def pytest_runtest_logreport(report) -> None:
             case["status"] = report.outcome
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node, error) -> None:
-    """xdist controller: take over the cases a worker recorded."""
-    for index, case in enumerate(getattr(node, "workeroutput", {}).get("reliability_cases", [])):
-        _CASES[f"{node.gateway.id}#{index}"] = case
-
-
 def pytest_sessionfinish(session, exitstatus) -> None:
-    """Merge this session's cases into the cases file (other tests' entries are kept); an
-    xdist worker hands them to the controller instead."""
-    if hasattr(session.config, "workeroutput"):
-        session.config.workeroutput["reliability_cases"] = list(_CASES.values())
-        return
+    """Merge this session's cases into the cases file (other tests' entries are kept)."""
     if not _CASES:
         return
     fresh = list(_CASES.values())
