@@ -5,9 +5,11 @@ The benchmarks run as scripts (`python bench/bench_x.py`), so they import this a
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -15,6 +17,13 @@ def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def write_results(path: Path, results: dict) -> None:
+    """Write a benchmark's results as JSON (creating bench/results/) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {path}")
 
 
 def tree_rss() -> tuple[int, int]:

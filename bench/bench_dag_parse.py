@@ -26,6 +26,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from _common import write_results
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DAG_FILE = REPO_ROOT / "dags" / "churn_pipeline.py"
 RESULTS = REPO_ROOT / "bench" / "results" / "bench_dag_parse.json"
@@ -118,8 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"ratio churn/reference: warm {result['warm_ratio_vs_reference']:.1f}x, "
           f"cold {result['cold_ratio_vs_reference']:.1f}x; goal warm ≤ {GOAL_S}s: "
           f"{'met' if result['meets_goal_warm'] else 'NOT met'}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2, sort_keys=True))
+    write_results(RESULTS, result)
     return result
 
 

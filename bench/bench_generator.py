@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import write_results
+
 RESULTS = Path(__file__).resolve().parent / "results" / "generator.json"
 FULL, QUICK = (100_000, 1_000_000), (10_000, 100_000)
 
@@ -85,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = args.rows or (QUICK if args.quick else FULL)
     payload = report([measure(n, args.days) for n in sizes])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, payload)
     return 0
 
 

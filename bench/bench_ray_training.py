@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import timed
+from _common import timed, write_results
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -170,9 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_rows = args.tune_rows or (20_000 if args.quick else 200_000)
     result = {**run(rows, args.trials, args.rounds, tune_rows, args.parts), "quick": args.quick}
     print_table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     earlier = json.loads(args.out.read_text()) if args.out.exists() else {}
-    args.out.write_text(json.dumps({**earlier, **result}, indent=2))  # parts run apart merge
+    write_results(args.out, {**earlier, **result})  # parts run apart merge
     return 0
 
 

@@ -20,14 +20,13 @@ Prints a table and writes bench/results/bench_spark_features.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import PeakRss
+from _common import PeakRss, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "include" / "datasets" / "synthetic.yaml"
@@ -223,8 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["spark_over_duckdb_10x"] = results["x10"]["spark_over_duckdb"]
     spark.stop()
     print_table(results)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True))
+    write_results(RESULTS, results)
     return results
 
 

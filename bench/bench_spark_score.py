@@ -18,12 +18,11 @@ bench/results/bench_spark_score.json.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import psutil
-from _common import PeakRss, timed
+from _common import PeakRss, timed, write_results
 
 from churn.modeling import predict_proba
 from churn.registry import ModelArtifact
@@ -122,8 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, row_rows = (50_000, 2_000) if args.quick else (args.rows, args.row_udf_rows)
     result = run(rows, min(row_rows, rows), args.trees, args.arrow_batch_size, args.repeats)
     print_table(result)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(RESULTS, result)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,9 @@ cd "$(dirname "$0")/.."
 # shellcheck source=scripts/env.sh
 source scripts/env.sh
 
-export AIRFLOW__CORE__EXECUTOR=LocalExecutor
-export AIRFLOW__API__HOST=127.0.0.1
-export AIRFLOW__API__PORT="${AIRFLOW_PORT:-8080}"
-export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:${AIRFLOW__API__PORT}/execution/"
+port="${AIRFLOW_PORT:-8080}"
+export AIRFLOW__CORE__EXECUTOR=LocalExecutor AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT="$port"
+export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$port/execution/"
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="${AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION:-True}"
 export AIRFLOW_CONN_SPARK_DEFAULT="${AIRFLOW_CONN_SPARK_DEFAULT:-{\"conn_type\": \"spark\", \"host\": \"local[2]\"\}}"
 ray_url="$(cat .ray-local/dashboard_url 2>/dev/null || echo http://127.0.0.1:8265)"

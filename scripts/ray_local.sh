@@ -144,10 +144,7 @@ cmd_down() {
 cmd_status() {
   local pgid url
   pgid="$(running_pgid)"
-  if [[ -z "$pgid" ]]; then
-    echo "Ray head: not running."
-    return 1
-  fi
+  [[ -n "$pgid" ]] || { echo "Ray head: not running."; return 1; }
   url="$(cat "$URL_FILE")"
   echo "Ray head: running (process group $pgid), Jobs API at $url answers HTTP $(jobs_api_status "$url")."
 }

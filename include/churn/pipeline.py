@@ -221,9 +221,9 @@ def run_gate(root: str, spec_path: str, ds: str, train_result: dict, decided_by:
     from churn.spec import load_spec
 
     result = train_result.get("result") or {}
-    version = result.get("version")
-    if not version:
+    if not result.get("version"):
         raise ValueError(f"the training job returned no model version: {train_result!r}")
+    version = result["version"]
     _write_fragment(root, ds, TRAIN_STEP, {
         "submission_id": train_result.get("submission_id"), "status": train_result.get("status"),
         **{k: v for k, v in result.items() if k not in ("step", "ds")}})

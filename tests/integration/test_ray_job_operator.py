@@ -25,6 +25,7 @@ from churn_airflow.hooks.ray_job import RayJobError, RayJobHook
 from churn_airflow.operators.ray_job import SubmitRayJobOperator
 from churn_airflow.ray_runtime import churn_runtime_env
 from churn_airflow.triggers.ray_job import RayJobTrigger
+from tests.support.processes import group_alive
 from tests.support.ray_jobs import TaskInstanceStub, defer, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -445,14 +446,6 @@ def ray_local(command: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     """Run `scripts/ray_local.sh <command>`."""
     return subprocess.run(["bash", str(REPO_ROOT / "scripts" / "ray_local.sh"), command], env=env,
                           capture_output=True, text=True, timeout=240)
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 class TestRayLocalScript:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import raw_day
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CASES_ENV = "CHURN_RELIABILITY_CASES"
 DEFAULT_CASES_FILE = REPO_ROOT / "build" / "reliability_cases.json"
@@ -86,3 +88,25 @@ def pytest_terminal_summary(terminalreporter) -> None:
         write(f"{case['status']:7} {counts[0]:>5} {counts[1]:>5} {counts[2]:>4}  "
               f"{case['injected']} -> {case['system_did']}")
     write(f"(table written to {cases_file()})")
+
+
+# The raw-day world of the bad-input and real-world-file modules; each module's `specs` fixture
+# (a dict with at least `csv` and `parquet`) decides the specs it is generated with.
+@pytest.fixture(scope="module")
+def base_roots(tmp_path_factory, specs) -> dict[str, Path]:
+    """Clean generated data sets, one per raw format (copied by each test, never edited)."""
+    return raw_day.generate_bases(tmp_path_factory, specs)
+
+
+@pytest.fixture(scope="module")
+def clean_root(spark, tmp_path_factory, base_roots, specs) -> Path:
+    """The clean CSV data set with DAY's features built: what a correctly read delivery gives."""
+    root = raw_day.copy_world(base_roots["csv"], tmp_path_factory.mktemp("clean"))
+    raw_day.build(spark, root, specs["csv"])
+    return root
+
+
+@pytest.fixture()
+def root(tmp_path, base_roots) -> Path:
+    """A private copy of the clean CSV data set."""
+    return raw_day.copy_world(base_roots["csv"], tmp_path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -23,15 +24,10 @@ import pandas as pd
 import pytest
 
 from churn import ingest
-from churn.generate import generate
 from churn.storage import Layout, read_json
-from spark_jobs.build_features import JobArgs, run
-from tests.support.small_data import assert_failed, seed_partition, write_small_spec
-
-REPO = Path(__file__).resolve().parents[2]
-START, DAYS, DAY = "2024-01-01", 4, "2024-01-03"
-NEXT_DAY, PREVIOUS_DAY = "2024-01-04", "2024-01-02"
-LENIENT = 0.5  # reject-rate limit of the quarantine cases (the spec's own is 1%)
+from tests.support.raw_day import (DAY, NEXT_DAY, PREVIOUS_DAY, START, build,
+                                   expect_failure, quarantine, raw_file, seed_features)
+from tests.support.small_data import write_small_spec
 
 
 @pytest.fixture(scope="module")
@@ -47,48 +43,6 @@ def specs(tmp_path_factory) -> dict[str, str]:
                 "key": ("customer_id", "event_ts"), "duplicates": "reject_conflicts"}),
             "extra_col": write_small_spec(folder, "extra_col",
                                     customers={"numeric": ("age", "monthly_charges", "tenure")})}
-
-
-@pytest.fixture(scope="module")
-def base_roots(tmp_path_factory, specs) -> dict[str, Path]:
-    """Clean generated data sets, one per raw format (copied by each test, never edited)."""
-    roots = {}
-    for fmt in ("csv", "parquet"):
-        root = tmp_path_factory.mktemp(f"base_{fmt}")
-        generate(str(root), customers=50, start=START, days=DAYS, seed=21, spec=specs[fmt])
-        roots[fmt] = root
-    return roots
-
-
-@pytest.fixture(scope="module")
-def good_features(spark, tmp_path_factory, base_roots, specs) -> Path:
-    """DAY's features partition as the real job builds it from the clean CSV data set."""
-    root = tmp_path_factory.mktemp("good") / "data"
-    shutil.copytree(base_roots["csv"], root)
-    build(spark, root, specs["csv"])
-    return Path(Layout(str(root)).features(DAY))
-
-
-@pytest.fixture()
-def root(tmp_path, base_roots) -> Path:
-    """A private copy of the clean CSV data set."""
-    shutil.copytree(base_roots["csv"], tmp_path / "data")
-    return tmp_path / "data"
-
-
-def raw_file(root: Path, table: str, ds: str = DAY) -> Path:
-    """The one generated data file of a raw partition (its `_SUCCESS` marker aside)."""
-    (found,) = sorted(p for p in Path(Layout(str(root)).raw(table, ds)).iterdir()
-                      if not p.name.startswith("_"))
-    return found
-
-
-def mark_ready(root: Path) -> None:
-    """The producer's last step: mark DAY's raw partitions complete after its (edited) files."""
-    for table in ("events", "customers"):
-        partition = Path(Layout(str(root)).raw(table, DAY))
-        if partition.is_dir():
-            (partition / "_SUCCESS").touch()
 
 
 def read_csv(path: Path) -> pd.DataFrame:
@@ -120,22 +74,6 @@ def csv_line(values: list[str]) -> bytes:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="").writerow(values)
     return buffer.getvalue().encode()
-
-
-def build(spark, root: Path, spec: str, max_reject_rate: float | None = LENIENT,
-          **kw) -> dict:
-    mark_ready(root)
-    return run(spark, JobArgs(root=str(root), spec=spec, start=DAY, end=DAY,
-                              max_reject_rate=max_reject_rate, **kw))
-
-
-def quarantine(root: Path, table: str) -> pd.DataFrame:
-    return pd.read_parquet(Layout(str(root)).quarantine(table, DAY))
-
-
-def seed_features(root: Path, good_features: Path) -> dict[str, bytes]:
-    """Put a good features partition in place for DAY, for a failing job to leave alone."""
-    return seed_partition(good_features, Layout(str(root)).features(DAY))
 
 
 def assert_quarantined(summary: dict, root: Path, table: str, reasons: dict[str, int],
@@ -194,14 +132,20 @@ class TestRowFaults:
         reliability_case("customers: text age, bad signup date",
                          "quarantined as bad_number, bad_date", "reasons and counts", cu)
 
-    def test_null_and_empty_ids(self, spark, root, specs, reliability_case):
+    @pytest.mark.parametrize("column, values, extra, reason, injected", [
+        ("customer_id", ["", "   "], [b",2024-01-03 11:00:00,login,"], "null_id",
+         "events: empty, blank and missing customer ids (3 rows)"),
+        ("event_ts", [f"{NEXT_DAY} 01:00:00", f"{PREVIOUS_DAY} 23:59:59"], [],
+         "outside_partition_day", "events: a next-day and a previous-day timestamp in ds=DAY"),
+    ], ids=["null_ids", "outside_the_day"])
+    def test_bad_event_values(self, spark, root, specs, column, values, extra, reason, injected,
+                              reliability_case):
         path = raw_file(root, "events")
-        overwrite_first(path, "customer_id", ["", "   "])
-        append_bytes(path, b",2024-01-03 11:00:00,login,")
+        overwrite_first(path, column, values)
+        append_bytes(path, *extra)
         counts = assert_quarantined(build(spark, root, specs["csv"]), root, "events",
-                                    {"null_id": 3}, data_rows(path))
-        reliability_case("events: empty, blank and missing customer ids (3 rows)",
-                         "quarantined as null_id", "reasons, counts", counts)
+                                    {reason: len(values) + len(extra)}, data_rows(path))
+        reliability_case(injected, f"quarantined as {reason}", "reasons, counts", counts)
 
     def test_exact_duplicates(self, spark, root, specs, reliability_case):
         path = raw_file(root, "events")
@@ -238,14 +182,6 @@ class TestRowFaults:
         reliability_case("customers: same id twice in a day's snapshot, another plan",
                          "both versions quarantined as duplicate_id", "counts", cu)
 
-    def test_timestamps_outside_the_day(self, spark, root, specs, reliability_case):
-        path = raw_file(root, "events")
-        overwrite_first(path, "event_ts", [f"{NEXT_DAY} 01:00:00", f"{PREVIOUS_DAY} 23:59:59"])
-        counts = assert_quarantined(build(spark, root, specs["csv"]), root, "events",
-                                    {"outside_partition_day": 2}, data_rows(path))
-        reliability_case("events: a next-day and a previous-day timestamp in ds=DAY",
-                         "quarantined as outside_partition_day", "reasons, counts", counts)
-
     def test_non_utf8_bytes(self, spark, root, specs, reliability_case):
         path = raw_file(root, "events")
         before = data_rows(path)
@@ -263,9 +199,8 @@ class TestRowFaults:
         overwrite_first(events, "amount", absurd)
         overwrite_first(customers, "monthly_charges", ["-1"])
         summary = build(spark, root, specs["csv"])
-        ev = assert_quarantined(summary, root, "events", {"out_of_range": 4}, data_rows(events))
-        cu = assert_quarantined(summary, root, "customers", {"out_of_range": 1},
-                                data_rows(customers))
+        ev, cu = (assert_quarantined(summary, root, table, {"out_of_range": n}, data_rows(path))
+                  for table, n, path in (("events", 4, events), ("customers", 1, customers)))
         assert sorted(quarantine(root, "events")["amount"]) == sorted(absurd)
         reliability_case("events: amounts -5, 1e300, NaN, Infinity",
                          f"quarantined as out_of_range (bounds {ingest.NUMBER_RANGE})",
@@ -297,70 +232,84 @@ class TestDayFaults:
         reliability_case("events: DAY delivered with a header only", "recorded as empty "
                          "(rows_in 0, empty: true); features still built", "counts", counts)
 
-    def test_missing_day(self, spark, root, specs, good_features, reliability_case):
-        shutil.rmtree(raw_file(root, "events", PREVIOUS_DAY).parent)
-        seeded = seed_features(root, good_features)
-        with pytest.raises(ingest.MissingPartitionError) as failure:
-            build(spark, root, specs["csv"])
-        message = assert_failed(failure.value, root, DAY, "raw/events", PREVIOUS_DAY,
-                                seeded=seeded)
+    # how the lookback day is missing -> (what the case injects, the storage warnings it gives)
+    LOOKBACK_GONE = {
+        "absent": (f"events: lookback day {PREVIOUS_DAY} missing", []),
+        "named_dt": (f"events: lookback day delivered as dt={PREVIOUS_DAY} (and a hidden _tmp-)",
+                     [f"ignored {{area}}/dt={PREVIOUS_DAY}: not a ds=YYYY-MM-DD partition "
+                      "directory"]),
+    }
+
+    @pytest.mark.parametrize("delivery", sorted(LOOKBACK_GONE))
+    def test_missing_lookback_day(self, spark, root, specs, clean_root, caplog, delivery,
+                                  reliability_case):
+        area = Path(Layout(str(root)).area("raw", "events"))
+        if delivery == "absent":
+            shutil.rmtree(area / f"ds={PREVIOUS_DAY}")
+        else:  # another producer's naming: never read as a day, and said so; hidden is silent
+            (area / f"ds={PREVIOUS_DAY}").rename(area / f"dt={PREVIOUS_DAY}")
+            (area / f"_tmp-ds={PREVIOUS_DAY}-0123456789ab").mkdir()
+        seeded = seed_features(root, clean_root)
+        with caplog.at_level(logging.WARNING, logger="churn.storage"):
+            message = expect_failure(ingest.MissingPartitionError,
+                                     lambda: build(spark, root, specs["csv"]), root,
+                                     "raw/events", PREVIOUS_DAY, seeded=seeded)
+        injected, warnings = self.LOOKBACK_GONE[delivery]
+        warned = [r.getMessage() for r in caplog.records if r.name == "churn.storage"]
+        assert warned == [w.format(area=area) for w in warnings]
         summary = build(spark, root, specs["csv"], allow_missing=True)
         fragment = read_json(Layout(str(root)).run_fragment(DAY, "ingest"))
         assert fragment["tables"]["events"]["rows_in"] == summary["counts"]["events"][DAY][
             "rows_in"] > 0
-        reliability_case(f"events: lookback day {PREVIOUS_DAY} missing",
-                         f"failed: {message}; with --allow-missing treated as empty",
-                         "message names table and day; nothing written", None)
+        reliability_case(injected, f"failed: {message}; with --allow-missing treated as empty",
+                         "message names table and day; nothing written; warnings", None)
 
-    def test_two_formats_in_one_partition(self, spark, root, specs, good_features,
+    def test_two_formats_in_one_partition(self, spark, root, specs, clean_root,
                                           reliability_case):
         path = raw_file(root, "events")
         stray = path.with_name("part-00001.jsonl")
         stray.write_text(read_csv(path).head(3).to_json(orient="records", lines=True))
-        seeded = seed_features(root, good_features)
-        with pytest.raises(ingest.FormatMismatchError) as failure:
-            build(spark, root, specs["csv"])
-        message = assert_failed(failure.value, root, DAY, "table events", f"ds={DAY}", str(stray),
-                                seeded=seeded)
+        seeded = seed_features(root, clean_root)
+        message = expect_failure(ingest.FormatMismatchError,
+                                 lambda: build(spark, root, specs["csv"]), root, "table events",
+                                 f"ds={DAY}", str(stray), seeded=seeded)
         reliability_case("events: a .jsonl file next to the .csv file of DAY",
                          f"failed: {message}", "message names table, day, file", None)
 
-    def test_truncated_parquet(self, spark, tmp_path, base_roots, specs, good_features,
+    def test_truncated_parquet(self, spark, tmp_path, base_roots, specs, clean_root,
                                reliability_case):
         root = tmp_path / "data"
         shutil.copytree(base_roots["parquet"], root)
         path = raw_file(root, "events")
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-        seeded = seed_features(root, good_features)
-        with pytest.raises(ingest.CorruptFileError) as failure:
-            build(spark, root, specs["parquet"])
-        message = assert_failed(failure.value, root, DAY, "table events", f"ds={DAY}", str(path),
-                                seeded=seeded)
+        seeded = seed_features(root, clean_root)
+        message = expect_failure(ingest.CorruptFileError,
+                                 lambda: build(spark, root, specs["parquet"]), root,
+                                 "table events", f"ds={DAY}", str(path), seeded=seeded)
         reliability_case("events (Parquet): DAY's file cut in half",
                          f"failed: {message}", "message names table, day, file", None)
 
 
 class TestSchemaFaults:
-    def test_missing_required_column(self, spark, root, specs, good_features,
+    def test_missing_required_column(self, spark, root, specs, clean_root,
                                      reliability_case):
         path = raw_file(root, "events")
         edit_csv(path, lambda f: f.drop(columns=["amount"]))
-        seeded = seed_features(root, good_features)
-        with pytest.raises(ingest.MissingColumnError) as failure:
-            build(spark, root, specs["csv"])
-        message = assert_failed(failure.value, root, DAY, "table events", f"ds={DAY}", str(path),
-                                "amount", seeded=seeded)
+        seeded = seed_features(root, clean_root)
+        message = expect_failure(ingest.MissingColumnError,
+                                 lambda: build(spark, root, specs["csv"]), root, "table events",
+                                 f"ds={DAY}", str(path), "amount", seeded=seeded)
         reliability_case("events: DAY's file lacks the amount column", f"failed: {message}",
                          "message names table, day, file, column", None)
 
-    def test_spec_names_a_column_the_data_lacks(self, spark, root, specs, good_features,
+    def test_spec_names_a_column_the_data_lacks(self, spark, root, specs, clean_root,
                                                 reliability_case):
-        seeded = seed_features(root, good_features)
-        with pytest.raises(ingest.MissingColumnError) as failure:
-            build(spark, root, specs["extra_col"])
+        seeded = seed_features(root, clean_root)
         first = raw_file(root, "customers", START)  # the first file the job checks
-        message = assert_failed(failure.value, root, DAY, "table customers", f"ds={START}",
-                                str(first), "tenure", seeded=seeded)
+        message = expect_failure(ingest.MissingColumnError,
+                                 lambda: build(spark, root, specs["extra_col"]), root,
+                                 "table customers", f"ds={START}", str(first), "tenure",
+                                 seeded=seeded)
         reliability_case("spec: customers.numeric names `tenure`, which no file has",
                          f"failed: {message}", "message names table, day, file, column", None)
 

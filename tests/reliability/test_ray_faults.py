@@ -197,55 +197,53 @@ def assert_resubmitted_once(second: dict, hold: HoldJob, first_id: str) -> None:
     assert second["result"]["marker"] == hold.marker
 
 
-@WAIT_PATHS
-def test_job_stopped_from_outside_fails_then_retry_resubmits_once(
-        deferrable, session_cluster, ti, prefix, hold_job, reliability_case):
-    client = session_cluster
-    error, first_id = fault_during_first_try(make_operator(hold_job, deferrable), ti, client,
-                                             hold_job, inject=client.stop_job)
-
-    assert isinstance(error, RayJobError), error
-    assert f"Ray job {first_id} ended with status STOPPED" in str(error)
-    second = retry(hold_job, ti, deferrable)
-
-    assert_resubmitted_once(second, hold_job, first_id)
-    assert job_statuses(client, prefix) == {first_id: "STOPPED",
-                                            second["submission_id"]: "SUCCEEDED"}
-    reliability_case(
-        f"Ray job stopped from outside (`ray job stop` / SDK stop_job) while the operator waited "
-        f"({'deferrable trigger' if deferrable else 'worker'})",
-        "try 1 failed with RayJobError (status STOPPED); try 2 submitted a new job of "
-        "its task instance and succeeded",
-        "list_jobs: exactly {<id>: STOPPED, <new id>: SUCCEEDED}; no job left running")
+def stop_from_outside(client, hold_job: HoldJob) -> Callable[[str], None]:
+    """`ray job stop` / the SDK's stop_job, as an operator of the cluster would."""
+    return client.stop_job
 
 
-@WAIT_PATHS
-def test_driver_sigkilled_fails_then_retry_resubmits_once(
-        deferrable, session_cluster, ti, prefix, hold_job, reliability_case):
-    client = session_cluster
-
-    def sigkill_driver(_submission_id: str) -> None:
+def sigkill_driver(client, hold_job: HoldJob) -> Callable[[str], None]:
+    """SIGKILL the job's driver process (as the OOM killer would)."""
+    def inject(_submission_id: str) -> None:
         # `exec` in front of the entrypoint: the driver is the only process with the marker
         [driver] = hold_job.processes()
         os.kill(driver.pid, signal.SIGKILL)
+    return inject
 
+
+# fault -> (injector, status try 1 ends with, what its error also says, the case's fault text)
+OUTSIDE_FAULTS = {
+    "stopped": (stop_from_outside, "STOPPED", "",
+                "Ray job stopped from outside (`ray job stop` / SDK stop_job)"),
+    "driver_sigkilled": (sigkill_driver, "FAILED", "exit code -9",
+                         "Ray job's driver process SIGKILLed (found by pid via a marker on its "
+                         "command line)"),
+}
+
+
+@WAIT_PATHS
+@pytest.mark.parametrize("fault", sorted(OUTSIDE_FAULTS))
+def test_job_killed_from_outside_fails_then_retry_resubmits_once(
+        fault, deferrable, session_cluster, ti, prefix, hold_job, reliability_case):
+    client = session_cluster
+    injector, status, detail, injected = OUTSIDE_FAULTS[fault]
     error, first_id = fault_during_first_try(make_operator(hold_job, deferrable), ti, client,
-                                             hold_job, inject=sigkill_driver)
+                                             hold_job, inject=injector(client, hold_job))
 
     assert isinstance(error, RayJobError), error
-    assert f"Ray job {first_id} ended with status FAILED" in str(error)
-    assert "exit code -9" in str(error)
+    assert f"Ray job {first_id} ended with status {status}" in str(error)
+    assert detail in str(error)
     second = retry(hold_job, ti, deferrable)
 
     assert_resubmitted_once(second, hold_job, first_id)
-    assert job_statuses(client, prefix) == {first_id: "FAILED",
+    assert job_statuses(client, prefix) == {first_id: status,
                                             second["submission_id"]: "SUCCEEDED"}
     reliability_case(
-        f"Ray job's driver process SIGKILLed (found by pid via a marker on its command line) "
+        f"{injected} while the operator waited "
         f"({'deferrable trigger' if deferrable else 'worker'})",
-        "try 1 failed with RayJobError (status FAILED, exit code -9); try 2 resubmitted "
-        "<new id> and succeeded",
-        "list_jobs: exactly {<id>: FAILED, <new id>: SUCCEEDED}; no job left running")
+        f"try 1 failed with RayJobError (status {status}{', ' + detail if detail else ''}); "
+        "try 2 submitted a new job of its task instance and succeeded",
+        f"list_jobs: exactly {{<id>: {status}, <new id>: SUCCEEDED}}; no job left running")
 
 
 @WAIT_PATHS

@@ -2,7 +2,7 @@
 
 Each case rewrites DAY's raw files of a clean generated data set (50 customers, 4 days) the way
 some producer would (RFC 4180 quoting, gzip, odd headers, drifting Parquet types, odd file and
-directory names) and runs `spark_jobs.build_features.run` for DAY. Every case ends in exactly
+names) and runs `spark_jobs.build_features.run` for DAY. Every case ends in exactly
 one of: the rows read as Python's `csv` module / pyarrow read them (features equal to those of
 the clean data, bad rows quarantined with their exact raw value), or a failure whose message
 names the table, the day, the file and the column.
@@ -13,8 +13,6 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import logging
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -23,15 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from churn import ingest
-from churn.generate import generate
 from churn.landing import NotLandedError
 from churn.storage import Layout, read_json
-from spark_jobs.build_features import JobArgs, run
-from tests.support.small_data import (assert_failed, read_partition, seed_partition,
-                                      write_small_spec)
+from tests.support.raw_day import (DAY, PREVIOUS_DAY, build, copy_world, expect_failure,
+                                   quarantine, raw_file, seed_features)
+from tests.support.small_data import read_partition, write_small_spec
 
-START, DAYS, DAY, PREVIOUS_DAY = "2024-01-01", 4, "2024-01-03", "2024-01-02"
-LENIENT = 0.5  # reject-rate limit of the cases that quarantine rows on purpose
 TRICKY = ["a,b", 'say "hi"', "two\nlines", "crlf\r\nline", "  padded  "]
 
 
@@ -44,49 +39,8 @@ def specs(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def base_roots(tmp_path_factory, specs) -> dict[str, Path]:
-    """Clean generated data sets, one per raw format (copied by each test, never edited)."""
-    roots = {}
-    for fmt in ("csv", "parquet"):
-        roots[fmt] = tmp_path_factory.mktemp(f"base_{fmt}")
-        generate(str(roots[fmt]), customers=50, start=START, days=DAYS, seed=21, spec=specs[fmt])
-    return roots
-
-
-@pytest.fixture(scope="module")
-def clean_root(spark, base_roots, specs, tmp_path_factory) -> Path:
-    """The clean CSV data set with DAY's features built: what a correctly read delivery gives."""
-    root = copy_world(base_roots["csv"], tmp_path_factory.mktemp("clean"))
-    build(spark, root, specs["csv"])
-    return root
-
-
-@pytest.fixture(scope="module")
 def clean_features(clean_root) -> pd.DataFrame:
     return read_partition(clean_root, "features", DAY)
-
-
-def seed_features(root: Path, clean_root: Path) -> dict[str, bytes]:
-    """Put the clean features partition in place for DAY, for a failing job to leave alone."""
-    return seed_partition(Layout(str(clean_root)).features(DAY), Layout(str(root)).features(DAY))
-
-
-@pytest.fixture()
-def root(tmp_path, base_roots) -> Path:
-    """A private copy of the clean CSV data set."""
-    return copy_world(base_roots["csv"], tmp_path)
-
-
-def copy_world(base: Path, folder: Path) -> Path:
-    shutil.copytree(base, folder / "data")
-    return folder / "data"
-
-
-def raw_file(root: Path, table: str, ds: str = DAY) -> Path:
-    """The one generated data file of a raw partition (its `_SUCCESS` marker aside)."""
-    (found,) = sorted(p for p in Path(Layout(str(root)).raw(table, ds)).iterdir()
-                      if not p.name.startswith("_"))
-    return found
 
 
 def read_rows(path: Path) -> list[list[str]]:
@@ -102,20 +56,8 @@ def write_rfc4180(path: Path, rows: list[list[str]]) -> None:
     path.write_text("\ufeff" + buffer.getvalue(), encoding="utf-8", newline="")
 
 
-def build(spark, root: Path, spec: str, max_reject_rate: float | None = LENIENT) -> dict:
-    """Mark DAY's raw partitions complete (after the edits) and run the job for DAY."""
-    for table in ("events", "customers"):
-        (Path(Layout(str(root)).raw(table, DAY)) / "_SUCCESS").touch()
-    return run(spark, JobArgs(root=str(root), spec=spec, start=DAY, end=DAY,
-                              max_reject_rate=max_reject_rate))
-
-
 def features(root: Path) -> pd.DataFrame:
     return read_partition(root, "features", DAY)
-
-
-def quarantine(root: Path, table: str) -> pd.DataFrame:
-    return pd.read_parquet(Layout(str(root)).quarantine(table, DAY))
 
 
 def day_counts(summary: dict, root: Path, table: str) -> dict:
@@ -186,10 +128,8 @@ class TestCompressedFiles:
         empty = path.with_name(path.name + ".gz")
         empty.write_bytes(gzip.compress(b""))
         path.unlink()
-        with pytest.raises(NotLandedError) as failure:
-            build(spark, root, specs["csv"])
-        message = assert_failed(failure.value, root, DAY, "table events", f"ds={DAY}", str(empty),
-                                "empty", seeded=seeded)
+        message = expect_failure(NotLandedError, lambda: build(spark, root, specs["csv"]), root,
+                                 "table events", f"ds={DAY}", str(empty), "empty", seeded=seeded)
         reliability_case("events: DAY's file is a gzip of 0 bytes", f"failed: {message}",
                          "message names table, day, file", None)
 
@@ -216,10 +156,9 @@ class TestHeaders:
         path = raw_file(root, "events")
         rows = read_rows(path)
         write_rfc4180(path, [rows[0] + [second]] + [r + ["1"] for r in rows[1:]])
-        with pytest.raises(ingest.DuplicateColumnError) as failure:
-            build(spark, root, specs["csv"])
-        message = assert_failed(failure.value, root, DAY, "table events", f"ds={DAY}", str(path),
-                                "'amount'", repr(second), seeded=seeded)
+        message = expect_failure(ingest.DuplicateColumnError,
+                                 lambda: build(spark, root, specs["csv"]), root, "table events",
+                                 f"ds={DAY}", str(path), "'amount'", repr(second), seeded=seeded)
         reliability_case(f"events header holds amount and {second!r}", f"failed: {message}",
                          "message names table, day, file, both columns", None)
 
@@ -277,25 +216,6 @@ class TestParquetSchemaDrift:
 
 
 class TestPartitionAndFileNames:
-    def test_a_dt_directory_is_not_a_day(self, spark, root, specs, clean_root, caplog,
-                                         reliability_case):
-        seeded = seed_features(root, clean_root)
-        area = Path(Layout(str(root)).area("raw", "events"))
-        previous = area / f"ds={PREVIOUS_DAY}"
-        previous.rename(area / f"dt={PREVIOUS_DAY}")
-        (area / "_tmp-ds=2024-01-02-0123456789ab").mkdir()
-        with caplog.at_level(logging.WARNING, logger="churn.storage"), \
-                pytest.raises(ingest.MissingPartitionError) as failure:
-            build(spark, root, specs["csv"])
-        message = assert_failed(failure.value, root, DAY, "raw/events", PREVIOUS_DAY,
-                                seeded=seeded)
-        warned = [r.getMessage() for r in caplog.records if r.name == "churn.storage"]
-        assert warned == [f"ignored {area}/dt={PREVIOUS_DAY}: not a ds=YYYY-MM-DD partition "
-                          "directory"]
-        reliability_case(f"events: lookback day delivered as dt={PREVIOUS_DAY}",
-                         f"ignored with a warning, never read as a day; failed: {message}",
-                         "warning names the directory; hidden _tmp- silent", None)
-
     def test_file_names_with_space_colon_and_plus(self, spark, root, specs, clean_features,
                                                   reliability_case):
         events = raw_file(root, "events")

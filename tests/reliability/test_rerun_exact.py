@@ -62,6 +62,19 @@ def fresh_root(generated: tuple[Path, str], folder: Path) -> str:
     return str(folder)
 
 
+def last_day_built(spark, generated: tuple[Path, str], folder: Path
+                   ) -> tuple[str, str, str, dict[str, PartitionContent]]:
+    """A fresh root with every day START..LAST_DAY built, as a writer of LAST_DAY finds it.
+
+    Returns:
+        The root, the spec, LAST_DAY, and each of LAST_DAY's partitions with its content.
+    """
+    root, spec = fresh_root(generated, folder), generated[1]
+    build(spark, root, spec, START, LAST_DAY)
+    return root, spec, LAST_DAY, {uri: partition_content(uri, root)
+                                  for uri in owned_partitions(root, LAST_DAY)}
+
+
 def build(spark, root: str, spec: str, start: str, end: str | None = None) -> dict:
     """Run build_features in this process over [start, end] (default: the one day start)."""
     return run(spark, JobArgs(root=root, spec=spec, start=start, end=end or start,
@@ -322,10 +335,8 @@ class TestParallelDays:
 class TestKilledWriter:
     def test_sigkill_mid_write_keeps_the_old_day_and_the_rerun_cleans_only_its_own(
             self, spark, generated, tmp_path, caplog, reliability_case):
-        root, spec, day = fresh_root(generated, tmp_path / "data"), generated[1], LAST_DAY
-        build(spark, root, spec, START, LAST_DAY)
-        partitions = owned_partitions(root, day)
-        before = {uri: partition_content(uri, root) for uri in partitions}
+        root, spec, day, before = last_day_built(spark, generated, tmp_path / "data")
+        partitions = list(before)
         other = shift_ds(day, -1)  # a writer of another day, as if running right now
         live = [plant_temp(Path(root, "features"), f"_tmp-ds={other}-0123456789ab"),
                 plant_temp(Path(root, "labels"), f"_tmp-staging-{shift_ds(other, -HORIZON)}_"
@@ -367,10 +378,8 @@ class TestKilledWriter:
 
     def test_sigkill_inside_a_swap_keeps_every_partition_whole_and_the_rerun_rolls_forward(
             self, spark, generated, tmp_path, caplog, reliability_case):
-        root, spec, day = fresh_root(generated, tmp_path / "data"), generated[1], LAST_DAY
-        build(spark, root, spec, START, LAST_DAY)
-        partitions = owned_partitions(root, day)
-        before = {uri: partition_content(uri, root) for uri in partitions}
+        root, spec, day, before = last_day_built(spark, generated, tmp_path / "data")
+        partitions = list(before)
 
         log = tmp_path / "killed.log"
         child = start_build(root, spec, day, log, kill_at="swap:exchanged")

@@ -23,3 +23,13 @@ def kill_group(child: subprocess.Popen, timeout: float = 30) -> int:
     if child.poll() is None:
         os.killpg(child.pid, signal.SIGKILL)
     return child.wait(timeout=timeout)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of a process group is still running (zombies aside)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    listed = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True)
+    return bool(listed.stdout.split())

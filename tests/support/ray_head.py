@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.processes import group_alive
+
 
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
@@ -50,10 +52,10 @@ class RayHead:
         except ProcessLookupError:
             pass  # the leader is gone; its group may still hold children
         stop_at = time.monotonic() + grace_s
-        while time.monotonic() < stop_at and _group_alive(self.process.pid):
+        while time.monotonic() < stop_at and group_alive(self.process.pid):
             self.process.poll()
             time.sleep(0.2)
-        if _group_alive(self.process.pid):
+        if group_alive(self.process.pid):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
 
@@ -61,16 +63,6 @@ class RayHead:
         """SIGKILL the head's whole process group at once: a crash, not a shutdown."""
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether any process of a process group is still running."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    listed = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True)
-    return bool(listed.stdout.split())
 
 
 def _read_token() -> str:

@@ -11,14 +11,7 @@ import pytest
 
 from churn import champion, registry
 from churn.storage import Layout, write_json_atomic
-from tests.model.synthetic_frames import (DAYS, MODEL, RUN_DS, STRONG, WEAK, train_version,
-                                       write_days)
-
-
-@pytest.fixture()
-def root(tmp_path: Path) -> Path:
-    write_days(tmp_path, DAYS, rows=300, seed=1)
-    return tmp_path
+from tests.model.synthetic_frames import MODEL, RUN_DS, STRONG, WEAK, train_version
 
 
 class TestChampionUri:

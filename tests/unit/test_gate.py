@@ -22,12 +22,6 @@ from tests.model.synthetic_frames import (DAYS, MODEL, RUN_DS, STRONG, WEAK, tra
 COLLIDE = "gate:decided;registry:compared,registry:lock-busy"
 
 
-@pytest.fixture()
-def root(tmp_path: Path) -> Path:
-    write_days(tmp_path, DAYS, rows=300, seed=1)
-    return tmp_path
-
-
 class TestGate:
     def test_first_model_above_floor_is_promoted(self, root, spec):
         result = train_version(root, spec, RUN_DS, STRONG)

@@ -14,7 +14,7 @@ import pytest
 
 from churn import registry
 from churn.storage import Layout
-from tests.model.synthetic_frames import DAYS, MODEL, RUN_DS, STRONG, train_version, write_days
+from tests.model.synthetic_frames import DAYS, MODEL, RUN_DS, STRONG, train_version
 from tests.support.processes import REPO_ROOT, child_env
 
 # What the scorer's lookup path must not load: it needs only pyarrow and the standard library.
@@ -27,12 +27,6 @@ import churn.champion, churn.registry
 print(json.dumps({{"by_pyarrow": sorted(set({HEAVY_MODULES!r}) & baseline),
                   "loaded": sorted(set({HEAVY_MODULES!r}) & set(sys.modules))}}))
 """
-
-
-@pytest.fixture()
-def root(tmp_path: Path) -> Path:
-    write_days(tmp_path, DAYS, rows=300, seed=1)
-    return tmp_path
 
 
 class TestLoadModelDir:

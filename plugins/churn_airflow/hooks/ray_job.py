@@ -350,28 +350,19 @@ class RayJobHook(BaseHook):
 
     @_retry_on_connection_error
     def get_job_info(self, submission_id: str) -> JobDetails:
-        """The job's details (status, message, times, metadata).
-
-        :param submission_id: the job's submission id.
-        """
+        """The job's details (status, message, times, metadata)."""
         return self.client.get_job_info(submission_id)
 
     @_retry_while_head_unreachable
     def get_job_status(self, submission_id: str) -> JobStatus:
-        """The job's status; raises ``RayJobNotFoundError`` when the cluster has no such job.
-
-        :param submission_id: the job's submission id.
-        """
+        """The job's status; raises ``RayJobNotFoundError`` when the cluster has no such job."""
         from ray.job_submission import JobStatus
 
         return JobStatus(self._get_job_json(submission_id)["status"])
 
     @_retry_on_connection_error
     def find_job(self, submission_id: str) -> JobDetails | None:
-        """The job's details, or None when the cluster has no job with that id.
-
-        :param submission_id: the job's submission id.
-        """
+        """The job's details, or None when the cluster has no job with that id."""
         from ray.job_submission import JobDetails
 
         try:
@@ -381,10 +372,7 @@ class RayJobHook(BaseHook):
 
     @_retry_while_head_unreachable
     def get_job_logs(self, submission_id: str) -> str:
-        """The job's whole log (driver stdout and stderr); raises ``RayJobNotFoundError``.
-
-        :param submission_id: the job's submission id.
-        """
+        """The job's whole log (driver stdout and stderr); raises ``RayJobNotFoundError``."""
         return str(self._get_job_json(submission_id, "/logs")["logs"])
 
     def _get_job_json(self, submission_id: str, endpoint: str = "") -> Any:
@@ -407,7 +395,6 @@ class RayJobHook(BaseHook):
     ) -> tuple[list[str], int]:
         """Log lines written since ``offset`` characters, and the new offset.
 
-        :param submission_id: the job's submission id.
         :param offset: characters already read.
         :param final: also return a trailing line without newline (the job is over).
         """
@@ -417,7 +404,6 @@ class RayJobHook(BaseHook):
     def stop_job(self, submission_id: str) -> bool:
         """Ask the cluster to stop the job (SIGTERM, then SIGKILL after a grace period).
 
-        :param submission_id: the job's submission id.
         :return: True when the job was still running.
         """
         self.log.info("Stopping Ray job %s", submission_id)
@@ -427,7 +413,6 @@ class RayJobHook(BaseHook):
     def delete_job(self, submission_id: str) -> bool:
         """Delete a terminal job and its metadata (logs stay on disk).
 
-        :param submission_id: the job's submission id.
         :return: True when deleted.
         """
         return self.client.delete_job(submission_id)
@@ -455,19 +440,13 @@ class RayJobHook(BaseHook):
 
     @_retry_while_head_unreachable
     async def async_get_job_status(self, submission_id: str) -> str:
-        """The job's status name (``PENDING`` ... ``SUCCEEDED``), without blocking the loop.
-
-        :param submission_id: the job's submission id.
-        """
+        """The job's status name (``PENDING`` ... ``SUCCEEDED``), without blocking the loop."""
         info = await self._async_job_request("GET", submission_id)
         return str(info["status"])
 
     @_retry_while_head_unreachable
     async def async_get_job_logs(self, submission_id: str) -> str:
-        """The job's whole log, without blocking the loop.
-
-        :param submission_id: the job's submission id.
-        """
+        """The job's whole log, without blocking the loop."""
         reply = await self._async_job_request("GET", submission_id, "/logs")
         return str(reply["logs"])
 
@@ -475,7 +454,6 @@ class RayJobHook(BaseHook):
     async def async_stop_job(self, submission_id: str) -> bool:
         """Ask the cluster to stop the job, without blocking the loop.
 
-        :param submission_id: the job's submission id.
         :return: True when the job was still running.
         """
         self.log.info("Stopping Ray job %s", submission_id)
