@@ -16,6 +16,10 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Every JVM of the suite (the shared session, each spark-submit) lives for seconds on tiny data:
+# the client JIT alone and a single-threaded GC start it and run its first jobs faster. Children
+# inherit it; jobs outside the tests (demo, benchmarks, clusters) keep the JVM's defaults.
+os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
 for _path in (REPO_ROOT, REPO_ROOT / "plugins"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
