@@ -11,7 +11,8 @@ demo: setup
 	@$(RUN) bash scripts/demo.sh
 
 test: setup
-	@$(RUN) python -m pytest -q -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
+	@$(RUN) python -m pytest -q -p no:cacheprovider --durations=25 --junitxml=build/junit.xml $(PYTEST_ARGS)
+	@$(RUN) python scripts/module_times.py build/junit.xml
 
 # The reliability table of the last `make test` (written under build/), as the tracked copy.
 reliability-table:
