@@ -1,4 +1,4 @@
-"""Fixtures the registry, champion and gate tests share."""
+"""Fixtures the registry, champion, gate and registry CLI tests share."""
 
 from __future__ import annotations
 

@@ -6,18 +6,11 @@ Models are real XGBoost boosters trained in-process on tiny synthetic partitions
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from churn import champion, registry_cli
-from tests.model.synthetic_frames import DAYS, MODEL, RUN_DS, STRONG, train_version, write_days
-
-
-@pytest.fixture()
-def root(tmp_path: Path) -> Path:
-    write_days(tmp_path, DAYS, rows=300, seed=1)
-    return tmp_path
+from tests.model.synthetic_frames import MODEL, RUN_DS, STRONG, train_version
 
 
 class TestCli:
