@@ -1,9 +1,15 @@
 """The one SparkSession helper: every local-vs-cluster difference lives here.
 
-Jobs and tests call `build_session` and never branch on the environment themselves. On a cluster
-(EMR, or `spark-submit --master yarn`), spark-submit sets `spark.master` and we leave it alone;
-locally the master defaults to `local[*]`. The environment is read once, when `build_session`
-runs (never at import); `resolve_master` and `session_conf` take it as an argument.
+Jobs and tests call `build_session` and never branch on the environment themselves. Under
+spark-submit (EMR's `--master yarn`, or Airflow's local `--master local[2]`) the launcher's
+`spark.master` holds and we leave it alone, but a local one still gets the local settings;
+without a launcher the master defaults to `local[*]`. The environment is read once, when
+`build_session` runs (never at import); `resolve_master` and `session_conf` take it as an argument.
+
+Spark's own log level is WARN once the session is up (`CHURN_SPARK_LOG_LEVEL` overrides it): at
+INFO a job on a handful of rows writes thousands of per-task lines, and a local spark-submit
+under Airflow spends about half its time having the task log parse them. The jobs log their
+own progress (`churn.*` loggers) either way.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ if TYPE_CHECKING:
 LOCAL_SHUFFLE_PARTITIONS = 8
 CLUSTER_SHUFFLE_PARTITIONS = 200
 DEFAULT_ARROW_BATCH_SIZE = 10_000
+DEFAULT_LOG_LEVEL = "WARN"
+LOG_LEVEL_ENV = "CHURN_SPARK_LOG_LEVEL"
 _CREDENTIALS_PROVIDER = (
     "software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider"
 )
@@ -44,12 +52,21 @@ def resolve_master(master: str | None, env: Mapping[str, str]) -> str | None:
     return "local[*]"
 
 
+def launcher_master() -> str | None:
+    """The master spark-submit started this driver with (its JVM's `spark.master`), or None."""
+    from pyspark import SparkConf, SparkContext
+
+    # Attach to the launcher's JVM first: a SparkConf made without one holds no defaults.
+    SparkContext._ensure_initialized()
+    return SparkConf().get("spark.master", None)
+
+
 def session_conf(master: str | None, arrow_batch_size: int | None,
                  env: Mapping[str, str]) -> dict[str, str]:
     """The settings every session gets (pure: testable without starting Spark).
 
     Args:
-        master: the resolved master (None: chosen by the launcher, treated as a cluster).
+        master: the master the session runs on (None: unknown, treated as a cluster).
         arrow_batch_size: rows per Arrow batch for pandas UDFs (None: the default).
         env: the process environment: `SPARK_LOCAL_IP`, `AWS_ENDPOINT_URL` and
             `PYSPARK_PYTHON` are read from it.
@@ -111,10 +128,12 @@ def build_session(
     builder = SparkSession.builder.appName(app_name)
     if resolved is not None:
         builder = builder.master(resolved)
+    effective = resolved if resolved is not None else launcher_master()
     extra = {str(k): str(v) for k, v in (extra_conf or {}).items()}
-    for key, value in {**session_conf(resolved, arrow_batch_size, env), **extra}.items():
+    for key, value in {**session_conf(effective, arrow_batch_size, env), **extra}.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
+    session.sparkContext.setLogLevel(env.get(LOG_LEVEL_ENV) or DEFAULT_LOG_LEVEL)
     if "spark.sql.shuffle.partitions" not in extra:
         local = session.sparkContext.master.startswith("local")
         partitions = LOCAL_SHUFFLE_PARTITIONS if local else CLUSTER_SHUFFLE_PARTITIONS

@@ -171,7 +171,12 @@ class TestSparkSubmit:
              "--root", root, "--spec", small_spec, "--ds", day],
             env=env, capture_output=True, text=True, timeout=300, check=False)
         assert done.returncode == 0, done.stderr[-3000:]
-        assert f"events ds={day}: ok rows in=" in done.stdout + done.stderr  # pyspark's handler
+        logged = done.stdout + done.stderr
+        assert f"events ds={day}: ok rows in=" in logged  # pyspark's handler
+        # the launcher's local master gets the local session: no UI, and Spark's own per-task
+        # INFO lines silenced once the session is up
+        assert "Successfully started service 'SparkUI'" not in logged
+        assert " INFO DAGScheduler: " not in logged and " INFO Executor: Finished task" not in logged
         features = read_partition(root, "features", day)
         assert features["customer_id"].str.len().eq(6).all()  # zero-padded ids kept as strings
         assert json.loads(Path(Layout(root).run_fragment(day, "features")).read_text())[
