@@ -43,6 +43,7 @@ TABLES = ("events", "customers")
 LENIENT = 0.5  # reject-rate limit: FAULT_DAY's bad lines are quarantined, not fatal
 TIMING_FIELDS = ("seconds",)  # the only fragment fields a re-run may change
 JOB_DEADLINE = 180  # seconds a build_features child may take on 2 busy cores
+RAW_PREFIX = r"^.*?/raw/(?=[^/]+/ds=)"  # a quarantined row's source file, up to its raw area
 STALE_LOG = re.compile(r"^removed (\S+), left behind by a writer that did not finish$")
 
 
@@ -62,17 +63,30 @@ def fresh_root(generated: tuple[Path, str], folder: Path) -> str:
     return str(folder)
 
 
-def last_day_built(spark, generated: tuple[Path, str], folder: Path
+@pytest.fixture(scope="module")
+def built(spark, generated, tmp_path_factory) -> Path:
+    """A root with every day START..LAST_DAY built (never written to: tests work on copies)."""
+    root = fresh_root(generated, tmp_path_factory.mktemp("rerun_built"))
+    build(spark, root, generated[1], START, LAST_DAY)
+    return Path(root)
+
+
+def copy_of(built: Path, folder: Path) -> str:
+    """A private copy of the built root."""
+    shutil.copytree(built, folder)
+    return str(folder)
+
+
+def last_day_built(built: Path, generated: tuple[Path, str], folder: Path
                    ) -> tuple[str, str, str, dict[str, PartitionContent]]:
-    """A fresh root with every day START..LAST_DAY built, as a writer of LAST_DAY finds it.
+    """A copy of the built root, as a writer of LAST_DAY finds it.
 
     Returns:
         The root, the spec, LAST_DAY, and each of LAST_DAY's partitions with its content.
     """
-    root, spec = fresh_root(generated, folder), generated[1]
-    build(spark, root, spec, START, LAST_DAY)
-    return root, spec, LAST_DAY, {uri: partition_content(uri, root)
-                                  for uri in owned_partitions(root, LAST_DAY)}
+    root = copy_of(built, folder)
+    return root, generated[1], LAST_DAY, {uri: partition_content(uri)
+                                          for uri in owned_partitions(root, LAST_DAY)}
 
 
 def build(spark, root: str, spec: str, start: str, end: str | None = None) -> dict:
@@ -128,13 +142,13 @@ class PartitionContent(NamedTuple):
     schema: pa.Schema
 
 
-def partition_content(uri: str, root: str) -> PartitionContent:
-    """Read a partition; the raw file paths quarantined rows carry are made relative to root,
-    so that two roots compare."""
+def partition_content(uri: str) -> PartitionContent:
+    """Read a partition; the raw file paths quarantined rows carry are cut to `raw/…` (relative
+    to their root), so that two roots, or a root and its copy, compare."""
     table = pq.read_table(uri)
     frame = table.to_pandas()
     if "source_file" in frame:
-        frame["source_file"] = frame["source_file"].str.replace(f"{root}/", "", regex=False)
+        frame["source_file"] = frame["source_file"].str.replace(RAW_PREFIX, "raw/", regex=True)
     return PartitionContent(frame.sort_values(list(frame.columns)).reset_index(drop=True),
                             table.schema)
 
@@ -219,14 +233,14 @@ def tail(log: Path) -> str:
 class TestRerunIsExact:
     @pytest.mark.parametrize("day", [LAST_DAY, FAULT_DAY], ids=["newest_day", "faulty_day"])
     def test_build_features_rerun_rewrites_only_its_own_partitions(
-            self, spark, generated, tmp_path, day, reliability_case):
-        root, spec = fresh_root(generated, tmp_path), generated[1]
-        build(spark, root, spec, START, LAST_DAY)  # every other day exists, to be left alone
+            self, spark, generated, built, tmp_path, day, reliability_case):
+        # every other day exists, to be left alone
+        root, spec = copy_of(built, tmp_path / "data"), generated[1]
         first = build(spark, root, spec, day)
         assert first["feature_days"] == [day]
         assert first["label_days"] == [shift_ds(day, -HORIZON)]
         partitions = owned_partitions(root, day)
-        before = {uri: partition_content(uri, root) for uri in partitions}
+        before = {uri: partition_content(uri) for uri in partitions}
         bytes_before = {uri: file_contents(uri) for uri in partitions}
         files_before, fragments_before = file_hashes(root), fragments(root, day)
         dirs_before = dir_inodes(root)
@@ -238,7 +252,7 @@ class TestRerunIsExact:
         assert {p for p in changed if owner(p, owned_dirs) is None} == set()
         assert replaced_dirs(dirs_before, dir_inodes(root)) == set(relative(root, partitions))
         for uri in partitions:
-            assert_same_partition(partition_content(uri, root), before[uri])
+            assert_same_partition(partition_content(uri), before[uri])
         assert {uri: file_contents(uri) for uri in partitions} == bytes_before
         assert again == first
         assert fragments(root, day) == fragments_before
@@ -270,7 +284,7 @@ class TestRerunIsExact:
         area = Path(Layout(root).area("predictions"))
         stale = plant_temp(area, f"_tmp-ds={day}-0123456789ab")  # a crashed writer of the day
         live = plant_temp(area, f"_tmp-ds={other_day}-0123456789ab")  # a writer running now
-        before = partition_content(Layout(root).predictions(day), root)
+        before = partition_content(Layout(root).predictions(day))
         bytes_before = file_contents(Layout(root).predictions(day))
         files_before, fragments_before = file_hashes(root), fragments(root, day)
         dirs_before = dir_inodes(root)
@@ -282,7 +296,7 @@ class TestRerunIsExact:
         changed = changed_files(files_before, file_hashes(root))
         assert {p for p in changed if owner(p, owned_dirs) is None} == set()
         assert replaced_dirs(dirs_before, dir_inodes(root)) == {owned_dirs[0]}
-        assert_same_partition(partition_content(Layout(root).predictions(day), root), before)
+        assert_same_partition(partition_content(Layout(root).predictions(day)), before)
         assert file_contents(Layout(root).predictions(day)) == bytes_before
         assert rows == len(before.rows) == 120
         assert fragments(root, day) == fragments_before
@@ -318,8 +332,7 @@ class TestParallelDays:
             relative(parallel, partitions) + [f"runs/ds={ds}" for ds in days])
         for uri in partitions:
             twin = uri.replace(parallel, sequential, 1)
-            assert_same_partition(partition_content(uri, parallel),
-                                  partition_content(twin, sequential))
+            assert_same_partition(partition_content(uri), partition_content(twin))
         for ds in days:
             assert fragments(parallel, ds) == fragments(sequential, ds)
         assert temps(parallel) == []
@@ -334,8 +347,8 @@ class TestParallelDays:
 
 class TestKilledWriter:
     def test_sigkill_mid_write_keeps_the_old_day_and_the_rerun_cleans_only_its_own(
-            self, spark, generated, tmp_path, caplog, reliability_case):
-        root, spec, day, before = last_day_built(spark, generated, tmp_path / "data")
+            self, spark, generated, built, tmp_path, caplog, reliability_case):
+        root, spec, day, before = last_day_built(built, generated, tmp_path / "data")
         partitions = list(before)
         other = shift_ds(day, -1)  # a writer of another day, as if running right now
         live = [plant_temp(Path(root, "features"), f"_tmp-ds={other}-0123456789ab"),
@@ -354,7 +367,7 @@ class TestKilledWriter:
         left = temps(root, day)
         assert left, "the killed writer's temporary should still be there"
         for uri in partitions:
-            assert_same_partition(partition_content(uri, root), before[uri])
+            assert_same_partition(partition_content(uri), before[uri])
         assert list_partitions(Layout(root).area("features"))[-1] == day
 
         with caplog.at_level("WARNING", logger="churn.storage"):
@@ -365,7 +378,7 @@ class TestKilledWriter:
         assert relative(root, removed) == left
         assert temps(root, day) == []
         for uri in partitions:
-            assert_same_partition(partition_content(uri, root), before[uri])
+            assert_same_partition(partition_content(uri), before[uri])
         assert {p: file_hashes(str(p)) for p in live} == live_bytes
         assert temps(root) == sorted(str(p.relative_to(root)) for p in live)
         reliability_case(
@@ -377,8 +390,8 @@ class TestKilledWriter:
             "behind, other day's temps byte-identical", summary["counts"]["events"][day])
 
     def test_sigkill_inside_a_swap_keeps_every_partition_whole_and_the_rerun_rolls_forward(
-            self, spark, generated, tmp_path, caplog, reliability_case):
-        root, spec, day, before = last_day_built(spark, generated, tmp_path / "data")
+            self, spark, generated, built, tmp_path, caplog, reliability_case):
+        root, spec, day, before = last_day_built(built, generated, tmp_path / "data")
         partitions = list(before)
 
         log = tmp_path / "killed.log"
@@ -393,7 +406,7 @@ class TestKilledWriter:
                        for t in left)
         assert kinds == ["_ready-", "staging"], left  # one swap mid-way, the range's staging
         for uri in partitions:
-            assert_same_partition(partition_content(uri, root), before[uri])
+            assert_same_partition(partition_content(uri), before[uri])
 
         with caplog.at_level("WARNING", logger="churn.storage"):
             summary = build(spark, root, spec, day)
@@ -403,7 +416,7 @@ class TestKilledWriter:
             recovered[0], recovered
         assert temps(root, day) == []
         for uri in partitions:
-            assert_same_partition(partition_content(uri, root), before[uri])
+            assert_same_partition(partition_content(uri), before[uri])
         reliability_case(
             f"build_features for {day} SIGKILLed (fault point swap:exchanged) right after its "
             f"first partition swap, leaving {', '.join(left)}",
