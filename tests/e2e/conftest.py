@@ -13,7 +13,7 @@ from tests.support.airflow_world import World, build_world
 START = "2025-03-05"  # data: START .. START + DAYS - 1
 DAYS = 19
 CUSTOMERS = 500
-BULK_END = "2025-03-14"  # features/labels before the first DAG day, in one Spark pass
+BULK_END = "2025-03-15"  # features/labels before the first DAG day, in one Spark pass
 MIN_LABEL_DAYS = 5
 TRAIN_EVERY_DAYS = 7  # cadence days (days since epoch % 7 == 0) in range: 2025-03-13, 2025-03-20
 

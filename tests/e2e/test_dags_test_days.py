@@ -1,9 +1,10 @@
 """`airflow dags test churn_pipeline <ds>` on consecutive days of generated data.
 
-Day 1 (2025-03-15): 4 matured label days < 5 needed, no champion: no training, scoring skipped.
-Day 2 (2025-03-16): 5 matured label days, no champion: trains (Ray Tune) and the gate promotes.
-Day 3 (2025-03-17): not a cadence day: no training, scored with the day-2 champion.
-Then day 3 again: the same predictions, no duplicate rows.
+Day 1 (2025-03-16): 5 matured label days, no champion: trains (Ray Tune) and the gate promotes.
+Day 2 (2025-03-17): not a cadence day: no training, scored with the day-1 champion.
+Then day 2 again: the same predictions, no duplicate rows.
+The cold start (too few label days, no champion: no training, scoring skipped) is the first
+scheduled run of test_scheduled_run.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tests.support.versions import expected_code_version, installed_versions
 
 pytestmark = [pytest.mark.airflow, pytest.mark.training]
 
-COLD_DAY, TRAIN_DAY, SCORE_DAY = "2025-03-15", "2025-03-16", "2025-03-17"
+TRAIN_DAY, SCORE_DAY = "2025-03-16", "2025-03-17"
 MODEL_NAME = "churn_xgb_e2e"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,37 +46,12 @@ def snapshot(root: str, ds: str) -> dict:
 
 @pytest.fixture(scope="module")
 def daily_runs(e2e_world) -> dict:
-    """Run the three days and the re-run through `airflow dags test`, snapshotting after each."""
+    """Run the two days and the re-run through `airflow dags test`, snapshotting after each."""
     root, runs = str(e2e_world.root), {}
-    for key, ds in (("cold", COLD_DAY), ("train", TRAIN_DAY), ("score", SCORE_DAY),
-                    ("rerun", SCORE_DAY)):
+    for key, ds in (("train", TRAIN_DAY), ("score", SCORE_DAY), ("rerun", SCORE_DAY)):
         e2e_world.airflow("dags", "test", "churn_pipeline", ds, "--conf", e2e_world.conf())
         runs[key] = snapshot(root, ds)
     return runs
-
-
-class TestColdStart:
-    def test_no_training_without_enough_matured_labels(self, daily_runs):
-        manifest = daily_runs["cold"]["manifest"]
-        assert manifest["trained"] is False
-        decide = manifest["steps"]["decide"]
-        assert decide["label_days"] == 4
-        assert decide["reason"].startswith("not enough matured labels")
-
-    def test_scoring_skipped_but_run_published(self, daily_runs):
-        manifest = daily_runs["cold"]["manifest"]
-        assert manifest["scored"] is False and manifest["model_version"] is None
-        assert "no champion" in manifest["steps"]["score"]["reason"]
-        assert daily_runs["cold"]["predictions"] is None
-        assert daily_runs["cold"]["champion"] is None
-
-    def test_manifest_counts_rows_per_table(self, daily_runs):
-        tables = daily_runs["cold"]["manifest"]["tables"]
-        assert set(tables) == {"events", "customers"}
-        for counts in tables.values():
-            assert counts["rows_in"] == counts["rows_out"] + counts["rows_rejected"]
-            assert counts["rows_out"] > 0
-        assert daily_runs["cold"]["manifest"]["rows"]["features"] == tables["customers"]["rows_out"]
 
 
 class TestTrainingDay:

@@ -7,7 +7,8 @@ ended, and no run processes today. A manual run without a logical date fails at 
 telling the user to pick the day.
 
 The world is its own: raw data for the 15 days up to yesterday (the e2e spec's 14-day windows),
-no bulk pass, and too few label days to train, so the run is Spark features and a skipped score.
+no bulk pass, and too few label days to train, so the run is a cold start: Spark features, no
+training, and a skipped score (no champion), with the run still published.
 """
 
 from __future__ import annotations
@@ -16,14 +17,17 @@ import datetime as dt
 
 import pytest
 
+from churn.spec import load_spec
 from churn.storage import Layout, exists, read_json, shift_ds
-from tests.support.airflow_world import DAG_ID, build_world, start_standalone
+from churn.training import matured_days
+from tests.support.airflow_world import DAG_ID, E2E_SPEC, build_world, start_standalone
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
 READY_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 900
 HISTORY_DAYS = 15
+MIN_LABEL_DAYS = 100
 NO_DATE_RUN = "manual__without_logical_date"
 
 
@@ -38,8 +42,10 @@ def days() -> dict[str, str]:
 def scheduled(tmp_path_factory, ray_head, days) -> dict:
     """Unpause the DAG; wait for the run the scheduler starts by itself, and a dateless run."""
     base = tmp_path_factory.mktemp("scheduled")
-    world = build_world(base, ray_head, customers=150, start=shift_ds(days["yesterday"], 1 - HISTORY_DAYS),
-                        days=HISTORY_DAYS, bulk_end=None, CHURN_MIN_LABEL_DAYS="100")
+    world = build_world(base, ray_head, customers=150,
+                        start=shift_ds(days["yesterday"], 1 - HISTORY_DAYS), days=HISTORY_DAYS,
+                        bulk_end=None,
+                        CHURN_MIN_LABEL_DAYS=str(MIN_LABEL_DAYS))
     server = start_standalone(world, base / "standalone.log", READY_TIMEOUT_S,
                               settings={"CHURN_START_DATE": days["start"]})
     try:
@@ -88,9 +94,32 @@ class TestFirstScheduledRun:
 
     def test_features_come_from_the_finished_day(self, scheduled, days):
         manifest = read_json(Layout(str(scheduled["world"].root)).manifest(days["yesterday"]))
-        for counts in manifest["tables"].values():
+        tables = manifest["tables"]
+        assert set(tables) == {"events", "customers"}
+        for counts in tables.values():
             assert counts["rows_out"] > 0
             assert counts["rows_in"] == counts["rows_out"] + counts["rows_rejected"]
+        assert manifest["rows"]["features"] == tables["customers"]["rows_out"]
+
+
+class TestColdStart:
+    def test_no_training_without_enough_matured_labels(self, scheduled, days):
+        root, yesterday = str(scheduled["world"].root), days["yesterday"]
+        manifest = read_json(Layout(root).manifest(yesterday))
+        assert manifest["trained"] is False
+        decide = manifest["steps"]["decide"]
+        matured = len(matured_days(root, load_spec(E2E_SPEC), yesterday))
+        assert decide["label_days"] == matured
+        assert decide["reason"] == (f"not enough matured labels: {matured} label day(s) as of "
+                                    f"{yesterday}, training needs {MIN_LABEL_DAYS}")
+
+    def test_scoring_skipped_but_run_published(self, scheduled, days):
+        layout = Layout(str(scheduled["world"].root))
+        manifest = read_json(layout.manifest(days["yesterday"]))
+        assert manifest["scored"] is False and manifest["model_version"] is None
+        assert "no champion" in manifest["steps"]["score"]["reason"]
+        assert not exists(layout.predictions(days["yesterday"]))
+        assert not exists(layout.champion(load_spec(E2E_SPEC).model.name))
 
 
 class TestManualRunWithoutLogicalDate:
@@ -99,4 +128,5 @@ class TestManualRunWithoutLogicalDate:
         assert scheduled["no_date"]["state"] == "failed"
         sensor = scheduled["no_date_sensor"]
         assert (sensor["state"], sensor["try_number"]) == ("failed", 1)  # no pointless retries
-        assert "this run has no logical date, so it has no day to process" in scheduled["no_date_log"]
+        log = scheduled["no_date_log"]
+        assert "this run has no logical date, so it has no day to process" in log

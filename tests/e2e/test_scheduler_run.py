@@ -2,7 +2,7 @@
 with a conf (its Ray task defers to the triggerer); hostile params refused by the API; a cleared
 `train` recomputes with a new Ray job.
 
-Uses the shared e2e world after the `dags test` days (2025-03-15..17): the triggered run is
+Uses the shared e2e world after the `dags test` days (2025-03-16..17): the triggered run is
 2025-03-18 (forced training). Backfills under the scheduler are proven, with faults, two runs
 at a time, in tests/reliability/test_backfill_recovery.py; the first unattended scheduled run
 in test_scheduled_run.py.

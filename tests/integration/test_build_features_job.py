@@ -176,7 +176,8 @@ class TestSparkSubmit:
         # the launcher's local master gets the local session: no UI, and Spark's own per-task
         # INFO lines silenced once the session is up
         assert "Successfully started service 'SparkUI'" not in logged
-        assert " INFO DAGScheduler: " not in logged and " INFO Executor: Finished task" not in logged
+        assert " INFO DAGScheduler: " not in logged
+        assert " INFO Executor: Finished task" not in logged
         features = read_partition(root, "features", day)
         assert features["customer_id"].str.len().eq(6).all()  # zero-padded ids kept as strings
         assert json.loads(Path(Layout(root).run_fragment(day, "features")).read_text())[
