@@ -44,8 +44,7 @@ def scheduled(tmp_path_factory, ray_head, days) -> dict:
     base = tmp_path_factory.mktemp("scheduled")
     world = build_world(base, ray_head, customers=150,
                         start=shift_ds(days["yesterday"], 1 - HISTORY_DAYS), days=HISTORY_DAYS,
-                        bulk_end=None,
-                        CHURN_MIN_LABEL_DAYS=str(MIN_LABEL_DAYS))
+                        bulk_end=None, CHURN_MIN_LABEL_DAYS=str(MIN_LABEL_DAYS))
     server = start_standalone(world, base / "standalone.log", READY_TIMEOUT_S,
                               settings={"CHURN_START_DATE": days["start"]})
     try:
