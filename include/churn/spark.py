@@ -7,9 +7,9 @@ without a launcher the master defaults to `local[*]`. The environment is read on
 `build_session` runs (never at import); `resolve_master` and `session_conf` take it as an argument.
 
 Spark's own log level is WARN once the session is up (`CHURN_SPARK_LOG_LEVEL` overrides it): at
-INFO a job on a handful of rows writes thousands of per-task lines, and a local spark-submit
-under Airflow spends about half its time having the task log parse them. The jobs log their
-own progress (`churn.*` loggers) either way.
+INFO one day on a few hundred customers writes ~1,400 per-task lines, which the Airflow task log
+parses one by one (a local `build_features` task: 51 s at INFO, 37 s at WARN). The jobs log
+their own progress (`churn.*` loggers) either way.
 """
 
 from __future__ import annotations

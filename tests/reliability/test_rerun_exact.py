@@ -35,6 +35,7 @@ from spark_jobs import score
 from spark_jobs.build_features import JobArgs, run
 from tests.support.model_fixture import features_frame, write_features, write_model_version
 from tests.support.processes import REPO_ROOT, child_env, kill_group
+from tests.support.raw_day import copy_world
 from tests.support.small_data import write_small_spec
 
 START, LAST_DAY, FAULT_DAY = "2024-01-01", "2024-01-06", "2024-01-04"
@@ -71,20 +72,14 @@ def built(spark, generated, tmp_path_factory) -> Path:
     return Path(root)
 
 
-def copy_of(built: Path, folder: Path) -> str:
-    """A private copy of the built root."""
-    shutil.copytree(built, folder)
-    return str(folder)
-
-
 def last_day_built(built: Path, generated: tuple[Path, str], folder: Path
                    ) -> tuple[str, str, str, dict[str, PartitionContent]]:
-    """A copy of the built root, as a writer of LAST_DAY finds it.
+    """A private copy of the built root (`folder/data`), as a writer of LAST_DAY finds it.
 
     Returns:
         The root, the spec, LAST_DAY, and each of LAST_DAY's partitions with its content.
     """
-    root = copy_of(built, folder)
+    root = str(copy_world(built, folder))
     return root, generated[1], LAST_DAY, {uri: partition_content(uri)
                                           for uri in owned_partitions(root, LAST_DAY)}
 
@@ -235,7 +230,7 @@ class TestRerunIsExact:
     def test_build_features_rerun_rewrites_only_its_own_partitions(
             self, spark, generated, built, tmp_path, day, reliability_case):
         # every other day exists, to be left alone
-        root, spec = copy_of(built, tmp_path / "data"), generated[1]
+        root, spec = str(copy_world(built, tmp_path)), generated[1]
         first = build(spark, root, spec, day)
         assert first["feature_days"] == [day]
         assert first["label_days"] == [shift_ds(day, -HORIZON)]
@@ -348,7 +343,7 @@ class TestParallelDays:
 class TestKilledWriter:
     def test_sigkill_mid_write_keeps_the_old_day_and_the_rerun_cleans_only_its_own(
             self, spark, generated, built, tmp_path, caplog, reliability_case):
-        root, spec, day, before = last_day_built(built, generated, tmp_path / "data")
+        root, spec, day, before = last_day_built(built, generated, tmp_path)
         partitions = list(before)
         other = shift_ds(day, -1)  # a writer of another day, as if running right now
         live = [plant_temp(Path(root, "features"), f"_tmp-ds={other}-0123456789ab"),
@@ -391,7 +386,7 @@ class TestKilledWriter:
 
     def test_sigkill_inside_a_swap_keeps_every_partition_whole_and_the_rerun_rolls_forward(
             self, spark, generated, built, tmp_path, caplog, reliability_case):
-        root, spec, day, before = last_day_built(built, generated, tmp_path / "data")
+        root, spec, day, before = last_day_built(built, generated, tmp_path)
         partitions = list(before)
 
         log = tmp_path / "killed.log"
