@@ -19,8 +19,9 @@ TRAIN_EVERY_DAYS = 7  # cadence days (days since epoch % 7 == 0) in range: 2025-
 
 
 @pytest.fixture(scope="session")
-def e2e_world(tmp_path_factory, ray_head) -> World:
+def e2e_world(tmp_path_factory, ray_head, spark) -> World:
     """Generated raw data, features/labels of the days before the DAG runs, a migrated DB."""
     return build_world(tmp_path_factory.mktemp("e2e"), ray_head, customers=CUSTOMERS, start=START,
-                       days=DAYS, bulk_end=BULK_END, CHURN_MIN_LABEL_DAYS=str(MIN_LABEL_DAYS),
+                       days=DAYS, bulk_end=BULK_END, spark=spark,
+                       CHURN_MIN_LABEL_DAYS=str(MIN_LABEL_DAYS),
                        CHURN_TRAIN_EVERY_DAYS=str(TRAIN_EVERY_DAYS))

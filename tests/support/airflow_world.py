@@ -78,9 +78,10 @@ def airflow_env(root: Path, airflow_home: Path, ray_head, **settings: str) -> di
 
 
 def build_world(base: Path, ray_head, *, customers: int, start: str, days: int,
-                bulk_end: str | None, **settings: str) -> World:
-    """Generate data, build features/labels of `start … bulk_end` in one Spark pass (none when
-    `bulk_end` is None), migrate the DB; `settings` go to the environment (see `airflow_env`)."""
+                bulk_end: str | None, spark=None, **settings: str) -> World:
+    """Generate data, build features/labels of `start … bulk_end` in one pass of the job on the
+    shared session `spark` (none when `bulk_end` is None), migrate the DB; `settings` go to the
+    environment (see `airflow_env`)."""
     from churn.generate import generate
 
     root, home = base / "data", base / "airflow"
@@ -88,10 +89,9 @@ def build_world(base: Path, ray_head, *, customers: int, start: str, days: int,
     generate(str(root), customers=customers, start=start, days=days, seed=7, spec=E2E_SPEC)
     world = World(root, home, airflow_env(root, home, ray_head, **settings))
     if bulk_end is not None:
-        subprocess.run([sys.executable, str(REPO_ROOT / "spark_jobs" / "build_features.py"),
-                        "--root", str(root), "--spec", str(E2E_SPEC), "--start", start,
-                        "--end", bulk_end, "--master", "local[2]"],
-                       env=world.env, check=True, capture_output=True, timeout=900)
+        from spark_jobs.build_features import JobArgs, run
+
+        run(spark, JobArgs(root=str(root), spec=str(E2E_SPEC), start=start, end=bulk_end))
     world.airflow("db", "migrate")
     return world
 

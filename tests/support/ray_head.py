@@ -41,11 +41,12 @@ class RayHead:
         """Environment a Ray client (driver or job submitter) needs for this head."""
         return {"RAY_ADDRESS": self.gcs_address, "RAY_AUTH_MODE": "token"}
 
-    def stop(self, grace_s: float = 20) -> None:
+    def stop(self, grace_s: float = 5) -> None:
         """Terminate the head; SIGKILL its process group if anything outlives the grace period.
 
-        SIGTERM goes to `ray start` alone: it then drains and stops its children in order
-        (~10 s), whereas SIGTERM to the whole group leaves the leader hanging until SIGKILL.
+        SIGTERM goes to `ray start` alone: it then stops its children in order (3-7 s here),
+        whereas SIGTERM to the whole group leaves the leader hanging until SIGKILL. Its raylet
+        sometimes drains for 15 s or more; a test head holds nothing worth that wait.
         """
         try:
             os.kill(self.process.pid, signal.SIGTERM)
