@@ -51,3 +51,20 @@ class TestSessionConf:
         monkeypatch.setenv("PYSPARK_PYTHON", "/elsewhere/python")
         conf = session_conf("local[1]", arrow_batch_size=None, env={})
         assert "spark.hadoop.fs.s3a.endpoint" not in conf and "spark.pyspark.python" not in conf
+
+
+class TestBuiltSession:
+    def test_building_a_column_costs_three_py4j_round_trips(self, spark, monkeypatch):
+        """DataFrame debugging is off: with it, each Column function also records its Python
+        call site in the JVM (13 round trips per `F.col`, ~15,000 per one-day build)."""
+        from py4j import clientserver
+        from pyspark.sql import functions as F
+
+        F.col("customer_id")  # the first one also reads (and caches) the setting
+        sent = []
+        send = clientserver.ClientServerConnection.send_command
+        monkeypatch.setattr(clientserver.ClientServerConnection, "send_command",
+                            lambda self, command: sent.append(command) or send(self, command))
+        F.col("customer_id")
+        assert len(sent) == 3, sent
+        assert spark.conf.get("spark.python.sql.dataFrameDebugging.enabled") == "false"
