@@ -1,5 +1,5 @@
-"""The session helper's settings, checked without starting Spark: pure functions of the
-environment they are given."""
+"""The session helper's settings: pure functions of the environment they are given (checked
+without starting Spark), then what the shared real session does with them."""
 
 from __future__ import annotations
 
