@@ -6,11 +6,13 @@
 
 Reads the raw partitions the days need, quarantines rejected rows
 (`quarantine/<table>/ds=…`), writes `runs/ds=…/ingest.json` and `features.json` fragments,
+`runs/_history.json` (where each table's history starts: `churn.history`),
 `features/ds=…` for every day and `labels/ds=…` for every day whose horizon matured within the
 run (day L + horizon ≤ the last day: a run reads no raw day after it, and each label partition
 belongs to the run of the day it matured on). Fails
 (exit code 1, message on stderr) when a day rejects more rows than allowed, a required column is
-missing, a needed raw partition is missing (unless `--allow-missing`), or a day's partition holds
+missing, a needed raw partition on or after the history start is missing (unless
+`--allow-missing`), or a day's partition holds
 a 0-byte file, a file written after its ready marker, or fewer rows than `ready.min_rows`.
 """
 
@@ -71,15 +73,19 @@ def run(spark, args: JobArgs) -> dict:
     Raises:
         churn.ingest.IngestError: missing partition or column, or too many rejected rows.
     """
-    from churn import ingest, landing
+    from churn import history, ingest, landing
     from churn.spec import load_spec
     from churn.storage import Layout, list_partitions
 
     started = time.monotonic()
     spec, layout = load_spec(args.spec), Layout(args.root)
     available = {t: list_partitions(layout.area("raw", t)) for t in spec.tables}
-    plan = ingest.plan_reads(spec, args.start, args.end, available)
+    plan = ingest.plan_reads(spec, args.start, args.end, available,
+                             history.first_days(layout, spec, available))
     ingest.check_missing(plan, args.allow_missing)
+    if plan.short_days:
+        LOG.info("%s: windows reach before the history start %s (short by definition)",
+                 ingest.describe_days(plan.short_days), plan.history_start)
     landing.check_landed(args.root, spec, plan.feature_days)
     LOG.info("features %s..%s, labels for %d matured day(s); reading %s", args.start, args.end,
              len(plan.label_days), {t: len(d) for t, d in plan.read_days.items()})
@@ -172,17 +178,22 @@ def _write(frame, days: list[str], partition_uri, what: str) -> None:
 
 
 def _publish_outputs(layout, plan, types: list[str], seconds: float) -> None:
-    """Write the `features` fragment of each target day: rows written, label days, timing."""
+    """Write the `features` fragment of each target day: rows written, label days, timing, the
+    history start, whether the day's windows are short, and the raw days treated as empty."""
     from churn import manifest
     from churn.storage import parquet_rows
 
     label_rows = {d: parquet_rows(layout.labels(d)) for d in plan.label_days}
+    missing = {t: days for t, days in plan.missing.items() if days}
     for ds in plan.feature_days:
         rows = parquet_rows(layout.features(ds))
         LOG.info("features ds=%s: %d customers", ds, rows)
         payload = manifest.fragment("features", ds, feature_rows=rows, event_types=types,
                                     run_days=[plan.feature_days[0], plan.feature_days[-1]],
-                                    label_rows=label_rows, seconds=round(seconds, 3))
+                                    label_rows=label_rows, seconds=round(seconds, 3),
+                                    history_start=plan.history_start,
+                                    short_window=ds in plan.short_days,
+                                    missing_raw_days=missing)
         manifest.write_fragment(layout, ds, "features", payload)
 
 

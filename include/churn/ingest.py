@@ -171,10 +171,14 @@ class ReadPlan:
     label_days: list[str]
     read_days: dict[str, list[str]]
     missing: dict[str, list[str]]
+    # Per table, the first day of its history: nothing before it is read or missing.
+    history_start: dict[str, str] = field(default_factory=dict)
+    # Feature days whose longest window reaches before the events' history start.
+    short_days: list[str] = field(default_factory=list)
 
 
-def plan_reads(spec: DatasetSpec, start: str, end: str,
-               available: dict[str, list[str]]) -> ReadPlan:
+def plan_reads(spec: DatasetSpec, start: str, end: str, available: dict[str, list[str]],
+               history_start: dict[str, str] | None = None) -> ReadPlan:
     """Plan a run over the feature days [start, end] (pure: no I/O).
 
     Features for D read events of [D - longest window + 1, D]. Labels are computed for every day
@@ -185,13 +189,15 @@ def plan_reads(spec: DatasetSpec, start: str, end: str,
     one owner, the run of day L + horizon, so runs of different days never write the same
     partition. They read
     events of (L, L + horizon] (kinds inactivity/event) or the snapshot of L + horizon (column).
-    Days before a table's first delivered day are not needed (the data starts there).
+    Days before a table's history start are not needed (the data starts there); without one
+    (`churn.history`), the history starts at the table's first delivered day.
 
     Args:
         spec: the dataset spec.
         start: first feature day.
         end: last feature day.
         available: the existing raw partitions per table (`list_partitions`).
+        history_start: per table, the first day of its history (`churn.history.first_days`).
 
     Returns:
         The plan; `missing` lists needed days that have no partition, per table.
@@ -199,8 +205,10 @@ def plan_reads(spec: DatasetSpec, start: str, end: str,
     horizon, pop_table = spec.label.horizon_days, "customers" if spec.customers else "events"
     label_table = "customers" if spec.label.kind == "column" else "events"
     feature_days = ds_range(start, end)
+    floors = {t: (history_start or {}).get(t) or min(available.get(t) or [""])
+              for t in spec.tables}
     newest = max(available.get(label_table) or [""])
-    first = min(available.get(pop_table) or [start])
+    first = floors[pop_table] or start
     label_days = [d for d in ds_range(shift_ds(start, -horizon), end)
                   if d >= first and shift_ds(d, horizon) <= min(newest, end)]
     needed = {t: set() for t in spec.tables}
@@ -215,11 +223,13 @@ def plan_reads(spec: DatasetSpec, start: str, end: str,
     read, missing = {}, {}
     for table, days in needed.items():
         have = set(available.get(table, []))
-        floor = min(have) if have else ""
-        wanted = sorted(d for d in days if d >= floor or d in feature_days)
+        wanted = sorted(d for d in days if d >= floors[table] or d in feature_days)
         read[table] = [d for d in wanted if d in have]
         missing[table] = [d for d in wanted if d not in have]
-    return ReadPlan(feature_days, label_days, read, missing)
+    short = [d for d in feature_days if spec.events
+             and shift_ds(d, 1 - spec.events.longest_window) < floors["events"]]
+    return ReadPlan(feature_days, label_days, read, missing,
+                    {t: f for t, f in floors.items() if f}, short)
 
 
 def _add_population_days(needed: dict[str, set], spec: DatasetSpec, day: str,
@@ -238,10 +248,27 @@ def check_missing(plan: ReadPlan, allow_missing: bool) -> None:
         MissingPartitionError: naming each table and its missing days.
     """
     gaps = {t: days for t, days in plan.missing.items() if days}
-    if gaps and not allow_missing:
-        listed = "; ".join(f"raw/{t}: {', '.join(days)}" for t, days in sorted(gaps.items()))
+    if not gaps:
+        return
+    listed = "; ".join(f"raw/{t}: {describe_days(days)}" for t, days in sorted(gaps.items()))
+    starts = ", ".join(f"{t} {d}" for t, d in sorted(plan.history_start.items()))
+    if not allow_missing:
         raise MissingPartitionError(
-            f"missing raw partition(s) {listed} (pass --allow-missing to treat them as empty)")
+            f"missing raw partition(s) {listed} (the history starts: {starts}; pass "
+            "--allow-missing to treat them as empty)")
+    LOG.warning("missing raw partition(s) %s: treated as empty (--allow-missing)", listed)
+
+
+def describe_days(days: list[str]) -> str:
+    """Sorted days as text, runs of three or more consecutive days as `first..last (n days)`."""
+    runs: list[list[str]] = []
+    for day in days:
+        if runs and shift_ds(runs[-1][-1], 1) == day:
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    return ", ".join(f"{r[0]}..{r[-1]} ({len(r)} days)" if len(r) > 2 else ", ".join(r)
+                     for r in runs)
 
 
 def table_columns(spec: DatasetSpec, table: str) -> list[str]:

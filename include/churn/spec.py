@@ -6,12 +6,14 @@ frozen objects, so a bad file fails with the file, the field and what was expect
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 FileFormat = Literal["csv", "jsonl", "parquet"]
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -171,6 +173,16 @@ class DatasetSpec(BaseModel):
     label: LabelSpec
     model: ModelSpec = ModelSpec()
     validation: ValidationSpec = ValidationSpec()
+    # The first day of the raw history (`YYYY-MM-DD`); when absent, the first build records the
+    # oldest delivered partition (`churn.history`). Windows reaching before it are short.
+    history_start: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$")
+
+    @field_validator("history_start")
+    @classmethod
+    def _is_a_date(cls, value: str | None) -> str | None:
+        if value is not None:
+            date.fromisoformat(value)
+        return value
 
     @model_validator(mode="after")
     def _tables_fit_label(self) -> DatasetSpec:

@@ -150,6 +150,10 @@ class Layout:
         """`runs/ds=…/manifest.json`: counts, checksums, timings, versions of one day's run."""
         return self.partition("runs", ds) + "/manifest.json"
 
+    def history(self) -> str:
+        """`runs/_history.json`: the first day of each raw table's history (`churn.history`)."""
+        return self._join("runs", "_history.json")
+
     def run_fragment(self, ds: str, step: str) -> str:
         """`runs/ds=…/<step>.json`: one step's part of the manifest (merged by the publish step)."""
         return self.partition("runs", ds) + f"/{validate_name(step, 'step')}.json"

@@ -158,6 +158,57 @@ class TestFaults:
         assert len(read_partition(root, "features", FAULT_DAY)) == 0
 
 
+def raw_copy(clean_root: str, folder: Path) -> str:
+    """A copy of the clean raw data only."""
+    shutil.copytree(Path(clean_root) / "raw", folder / "raw")
+    return str(folder)
+
+
+def delete_raw(root: str, first: str, last: str) -> None:
+    """Delete both tables' raw partitions of the days first..last."""
+    for ds in ds_range(first, last):
+        for table in ("events", "customers"):
+            shutil.rmtree(Layout(root).raw(table, ds))
+
+
+class TestMissingHistory:
+    """Raw days lost after the history started are a gap, never a later start."""
+
+    def test_lost_history_fails_naming_the_days_unless_allowed(self, spark, clean_root,
+                                                               small_spec, tmp_path):
+        root, day = raw_copy(clean_root, tmp_path), "2024-01-11"
+        build(spark, root, small_spec, "2024-01-08", "2024-01-10")  # records the start, Jan 1
+        delete_raw(root, START, shift_ds(day, -1))
+        # the 7-day windows read events of Jan 5..11; the label that matured on Jan 11
+        # (horizon 5) needs the snapshot of Jan 6
+        with pytest.raises(ingest.MissingPartitionError,
+                           match=r"raw/customers: 2024-01-06; raw/events: 2024-01-05\.\."
+                                 r"2024-01-10 \(6 days\) \(the history starts: customers "
+                                 r"2024-01-01, events 2024-01-01;"):
+            build(spark, root, small_spec, day)
+        build(spark, root, small_spec, day, allow_missing=True)
+        fragment = read_json(Layout(root).run_fragment(day, "features"))
+        assert fragment["missing_raw_days"] == {"customers": ["2024-01-06"],
+                                                "events": ds_range("2024-01-05", "2024-01-10")}
+        assert fragment["history_start"] == {"events": START, "customers": START}
+        assert fragment["short_window"] is False
+
+    def test_a_first_build_after_lost_days_records_its_short_windows(self, spark, clean_root,
+                                                                     small_spec, tmp_path):
+        root = raw_copy(clean_root, tmp_path)
+        delete_raw(root, START, "2024-01-04")
+        build(spark, root, small_spec, "2024-01-08", "2024-01-12")
+        layout = Layout(root)
+        short = {ds: read_json(layout.run_fragment(ds, "features"))["short_window"]
+                 for ds in ds_range("2024-01-08", "2024-01-12")}
+        # the 7-day window of Jan 10 starts on Jan 4, the day before the first delivered one
+        assert short == {"2024-01-08": True, "2024-01-09": True, "2024-01-10": True,
+                         "2024-01-11": False, "2024-01-12": False}
+        first = {"events": "2024-01-05", "customers": "2024-01-05"}
+        assert read_json(layout.history()) == {"first_day": first}
+        assert read_json(layout.run_fragment("2024-01-12", "features"))["missing_raw_days"] == {}
+
+
 class TestSparkSubmit:
     def test_spark_submit_builds_one_day(self, clean_root, small_spec, tmp_path):
         root, day = str(tmp_path / "submit"), "2024-01-12"
@@ -182,3 +233,5 @@ class TestSparkSubmit:
         assert features["customer_id"].str.len().eq(6).all()  # zero-padded ids kept as strings
         assert json.loads(Path(Layout(root).run_fragment(day, "features")).read_text())[
             "feature_rows"] == len(features)
+        assert read_json(Layout(root).history()) == {"first_day": {"events": START,
+                                                                   "customers": START}}

@@ -44,6 +44,7 @@ TABLES = ("events", "customers")
 LENIENT = 0.5  # reject-rate limit: FAULT_DAY's bad lines are quarantined, not fatal
 TIMING_FIELDS = ("seconds",)  # the only fragment fields a re-run may change
 JOB_DEADLINE = 180  # seconds a build_features child may take on 2 busy cores
+FIRST_DAYS = {"events": START, "customers": START}  # the generated history starts on START
 RAW_PREFIX = r"^.*?/raw/(?=[^/]+/ds=)"  # a quarantined row's source file, up to its raw area
 STALE_LOG = re.compile(r"^removed (\S+), left behind by a writer that did not finish$")
 
@@ -323,8 +324,11 @@ class TestParallelDays:
         assert codes == [0, 0], "\n".join(tail(log) for log in logs)
 
         partitions = [uri for ds in days for uri in owned_partitions(parallel, ds)]
+        # `runs/` itself holds the history record (`runs/_history.json`) both runs write
         assert written_dirs(parallel) == written_dirs(sequential) == sorted(
-            relative(parallel, partitions) + [f"runs/ds={ds}" for ds in days])
+            relative(parallel, partitions) + ["runs"] + [f"runs/ds={ds}" for ds in days])
+        assert (read_json(Layout(parallel).history())
+                == read_json(Layout(sequential).history()) == {"first_day": FIRST_DAYS})
         for uri in partitions:
             twin = uri.replace(parallel, sequential, 1)
             assert_same_partition(partition_content(uri), partition_content(twin))

@@ -89,6 +89,27 @@ class TestPlanReads:
         assert plan.read_days["events"][-1] == "2024-01-10"
         assert plan.label_days == ["2024-01-08"]  # the one label that matured on Jan 10
 
+    def test_days_from_the_history_start_are_needed_though_no_longer_delivered(self):
+        days = _range("2024-01-08", "2024-01-12")  # Jan 1..7 were delivered, then lost
+        plan = ingest.plan_reads(_spec(), "2024-01-09", "2024-01-09", {"events": days},
+                                 history_start={"events": "2024-01-01"})
+        # the features read Jan 3..9; the label of Jan 7 (matured on Jan 9) reads its
+        # population's window, Jan 1..7
+        assert plan.missing == {"events": _range("2024-01-01", "2024-01-07")}
+        assert plan.label_days == ["2024-01-07"]
+        assert plan.short_days == [] and plan.history_start == {"events": "2024-01-01"}
+        with pytest.raises(ingest.MissingPartitionError,
+                           match=r"raw/events: 2024-01-01\.\.2024-01-07 \(7 days\) \(the "
+                                 r"history starts: events 2024-01-01;"):
+            ingest.check_missing(plan, allow_missing=False)
+
+    def test_windows_reaching_before_the_history_start_are_short(self):
+        days = _range("2024-01-05", "2024-01-20")
+        plan = ingest.plan_reads(_spec(), "2024-01-08", "2024-01-12", {"events": days})
+        # windows 3 and 7: the 7-day window of Jan 10 starts on Jan 4, before the first day
+        assert plan.short_days == _range("2024-01-08", "2024-01-10")
+        assert plan.history_start == {"events": "2024-01-05"} and plan.missing == {"events": []}
+
     def test_missing_target_day_is_an_error_unless_allowed(self):
         plan = ingest.plan_reads(_spec(), "2024-01-08", "2024-01-08",
                                  {"events": ["2024-01-06", "2024-01-08"]})
@@ -96,6 +117,12 @@ class TestPlanReads:
         with pytest.raises(ingest.MissingPartitionError, match="raw/events: 2024-01-07"):
             ingest.check_missing(plan, allow_missing=False)
         ingest.check_missing(plan, allow_missing=True)
+
+    def test_describe_days_collapses_runs_of_three_or_more(self):
+        days = ["2024-01-01", "2024-01-02", "2024-01-04", "2024-01-05", "2024-01-06",
+                "2024-01-31"]
+        assert ingest.describe_days(days) == ("2024-01-01, 2024-01-02, "
+                                              "2024-01-04..2024-01-06 (3 days), 2024-01-31")
 
 
 def _range(start: str, end: str) -> list[str]:
