@@ -1,4 +1,4 @@
-"""Where a table's history starts: declared in the spec, else recorded once and moved only earlier."""
+"""Where a table's history starts: declared in the spec, else recorded once, moved only earlier."""
 
 from __future__ import annotations
 
