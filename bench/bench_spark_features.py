@@ -114,7 +114,9 @@ def spark_aggregates(spark, root: Path, spec_path: str, ds: str, out: Path) -> M
         customers = (spark.read.parquet(str(root / "raw" / "customers" / f"ds={ds}"))
                      .withColumn("_ds", F.lit(ds))
                      .withColumn("signup_date", F.col("signup_date").cast("date")))
-        frame = features.build_features(spec, [ds], events, customers, features.event_types(spec))
+        activity = features.activity_rows(events, spec)
+        frame = features.build_features(spec, [ds], activity, customers,
+                                        features.event_types(spec))
         frame.write.mode("overwrite").parquet(str(out))
     return m
 

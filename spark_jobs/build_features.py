@@ -4,16 +4,18 @@
         --root data --spec include/datasets/synthetic.yaml --ds 2024-03-01
     ... --start 2024-02-01 --end 2024-03-01      # a whole range in one Spark pass
 
-Reads the raw partitions the days need, quarantines rejected rows
-(`quarantine/<table>/ds=…`), writes `runs/ds=…/ingest.json` and `features.json` fragments,
-`runs/_history.json` (where each table's history starts: `churn.history`),
-`features/ds=…` for every day and `labels/ds=…` for every day whose horizon matured within the
-run (day L + horizon ≤ the last day: a run reads no raw day after it, and each label partition
-belongs to the run of the day it matured on). Fails
-(exit code 1, message on stderr) when a day rejects more rows than allowed, a required column is
-missing, a needed raw partition on or after the history start is missing (unless
-`--allow-missing`), or a day's partition holds
-a 0-byte file, a file written after its ready marker, or fewer rows than `ready.min_rows`.
+Validates the raw partitions of the feature days, and of the other days the windows and labels
+need that have no stored activity; quarantines rejected rows (`quarantine/<table>/ds=…`);
+writes each feature day's activity (`activity/events/ds=…`: its valid events reduced per
+customer and event type, which later days' windows read instead of raw), `features/ds=…` for
+every day, `labels/ds=…` for every day whose horizon matured within the run (day L + horizon ≤
+the last day: a run reads no raw day after it, and each label partition belongs to the run of
+the day it matured on), the `runs/ds=…/ingest.json` and `features.json` fragments and
+`runs/_history.json` (where each table's history starts: `churn.history`). Fails (exit code 1,
+message on stderr) when a day rejects more rows than allowed, a required column is missing, a
+needed day on or after the history start has neither raw partition nor stored activity (unless
+`--allow-missing`), or a day's partition holds a 0-byte file, a file written after its ready
+marker, or fewer rows than `ready.min_rows`.
 """
 
 from __future__ import annotations
@@ -80,19 +82,21 @@ def run(spark, args: JobArgs) -> dict:
     started = time.monotonic()
     spec, layout = load_spec(args.spec), Layout(args.root)
     available = {t: list_partitions(layout.area("raw", t)) for t in spec.tables}
+    stored = list_partitions(layout.area("activity", "events")) if spec.events else []
     plan = ingest.plan_reads(spec, args.start, args.end, available,
-                             history.first_days(layout, spec, available))
+                             history.first_days(layout, spec, available), stored)
     ingest.check_missing(plan, args.allow_missing)
     if plan.short_days:
         LOG.info("%s: windows reach before the history start %s (short by definition)",
                  ingest.describe_days(plan.short_days), plan.history_start)
     landing.check_landed(args.root, spec, plan.feature_days)
-    LOG.info("features %s..%s, labels for %d matured day(s); reading %s", args.start, args.end,
-             len(plan.label_days), {t: len(d) for t, d in plan.read_days.items()})
+    LOG.info("features %s..%s, labels for %d matured day(s); reading raw %s, stored activity "
+             "of %d day(s)", args.start, args.end, len(plan.label_days),
+             {t: len(d) for t, d in plan.read_days.items()}, len(plan.activity_days))
     checked = {t: _validate_table(spark, layout, spec, t, plan) for t in spec.tables}
     try:
         _publish_ingest(layout, spec, plan, checked, args)
-        types = _build_outputs(layout, spec, plan, checked)
+        types = _build_outputs(spark, layout, spec, plan, checked)
     finally:
         for result in checked.values():
             result.release()
@@ -102,23 +106,38 @@ def run(spark, args: JobArgs) -> dict:
                        for t, r in checked.items()}}
 
 
-def _build_outputs(layout, spec, plan, checked: dict) -> list[str]:
-    """Compute and write features of the feature days and labels of the matured days.
+def _build_outputs(spark, layout, spec, plan, checked: dict) -> list[str]:
+    """Write the feature days' activity, then features of the feature days and labels of the
+    matured days, from the activity of every day they need.
 
     Returns:
         The event types that got their own feature columns.
     """
     from churn import features, labels
 
-    events, customers = (checked[t].valid if t in checked else None
-                         for t in ("events", "customers"))
-    types = features.event_types(spec, events)
-    built = features.build_features(spec, plan.feature_days, events, customers, types)
+    customers = checked["customers"].valid if "customers" in checked else None
+    activity = _activity(spark, layout, spec, plan, checked) if spec.events else None
+    types = features.event_types(spec, activity)
+    built = features.build_features(spec, plan.feature_days, activity, customers, types)
     _write(built, plan.feature_days, layout.features, "features")
     if plan.label_days:
-        labelled = labels.build_labels(spec, plan.label_days, events, customers)
+        labelled = labels.build_labels(spec, plan.label_days, activity, customers)
         _write(labelled, plan.label_days, layout.labels, "labels")
     return types
+
+
+def _activity(spark, layout, spec, plan, checked: dict):
+    """The activity of every event day the run needs: the validated raw days' (the feature
+    days' written to `activity/events/ds=…`), then the stored activity of the other days."""
+    from churn.features import activity_rows
+    from churn.spark import to_spark_uri
+
+    fresh = activity_rows(checked["events"].valid, spec)
+    _write(fresh, plan.feature_days, layout.activity, "activity")
+    if not plan.activity_days:
+        return fresh
+    paths = [to_spark_uri(layout.activity(d)) for d in plan.activity_days]
+    return fresh.unionByName(spark.read.schema(fresh.schema).parquet(*paths))
 
 
 def _validate_table(spark, layout, spec, table: str, plan):

@@ -1,10 +1,13 @@
 """Point-in-time features per customer as of the end of each day (pure Spark transforms).
 
-Days are handled as integer day numbers (`_day`, days since 1970-01-01). Events are first reduced
-to one row per (customer, day) with counts and sums per event type (`daily_activity`); then, for
-every (customer, feature day) of the population, windows over the day numbers
-(`rangeBetween(-(w - 1), 0)`) sum those rows. One pass serves one day or a whole range, and a row
-of day D only ever sees rows dated <= D, so adding later rows cannot change an earlier day.
+Days are handled as integer day numbers (`_day`, days since 1970-01-01). Valid events are first
+reduced to the stored daily activity (`activity_rows`, written once per raw day as
+`activity/events/ds=…`): per (customer, day) a total row and one row per event type, each with
+its event count and value sum. Windows are built from those rows alone: pivoted to one row per
+(customer, day) (`daily_activity`), then for every (customer, feature day) of the population,
+windows over the day numbers (`rangeBetween(-(w - 1), 0)`) sum them. One pass serves one day or a
+whole range, and a row of day D only ever sees rows dated <= D, so adding later rows cannot
+change an earlier day.
 
 Feature columns are fixed by the spec (windows x event types), so every day has the same schema:
 - `n_events_{w}d`, `n_{type}_{w}d`: event counts (long); `sum_{value}_{w}d`,
@@ -33,6 +36,8 @@ PROBE = "_probe"
 EPOCH = "1970-01-01"
 MISSING_CATEGORY = "__missing__"
 ALL = "events"
+# Columns of the stored activity (`activity_rows`), besides the id and `ds`.
+TYPE, COUNT, VALUE = "event_type", "events", "value_sum"
 
 
 def safe_name(value: str) -> str:
@@ -60,21 +65,21 @@ def day_numbers(days: Iterable[str]) -> list[int]:
     return sorted(ds_day_number(d) for d in days)
 
 
-def event_types(spec: DatasetSpec, events: DataFrame | None = None) -> list[str]:
+def event_types(spec: DatasetSpec, activity: DataFrame | None = None) -> list[str]:
     """The event types that get their own feature columns, sorted.
 
     They come from the spec (`events.types`) so the schema is the same every day. A spec without
-    that list falls back to the distinct types of `events` (then one run's schema depends on its
-    data: declare the list for daily runs).
+    that list falls back to the distinct types in `activity` (then one run's schema depends on
+    its data: declare the list for daily runs).
     """
     ev = spec.events
     if ev is None or ev.type is None:
         return []
     if ev.types:
         return sorted(set(ev.types))
-    if events is None:
+    if activity is None:
         return []
-    return sorted(r[0] for r in events.select(ev.type).distinct().collect() if r[0] is not None)
+    return sorted(r[0] for r in activity.select(TYPE).distinct().collect() if r[0] is not None)
 
 
 def _counted(name: str) -> str:
@@ -85,11 +90,39 @@ def _summed(name: str) -> str:
     return f"_v_{name}"
 
 
-def daily_activity(events: DataFrame, spec: DatasetSpec, types: Sequence[str]) -> DataFrame:
-    """Reduce valid events to one row per (customer, day): counts and value sums per type.
+def activity_rows(events: DataFrame, spec: DatasetSpec) -> DataFrame:
+    """Reduce valid events to the daily activity that is stored once per raw day.
+
+    Every event type is kept (not only the spec's `types`), so any later choice of types, and
+    the `event` label's type, can be built from the stored rows alone.
 
     Args:
         events: typed valid events with `_ds` (from `churn.ingest.validate`).
+        spec: the dataset spec.
+
+    Returns:
+        `[id, ds, event_type, events long, value_sum double?]`: per (customer, day) one row with
+        `event_type` null for all events, plus one per event type (`value_sum` only with a
+        value column; a null value counts as 0).
+    """
+    from pyspark.sql import functions as F
+
+    ev, keys = spec.events, [F.col(spec.id_column), F.col("_ds").alias("ds")]
+    aggs = [F.count(F.lit(1)).alias(COUNT)]
+    aggs += [F.sum(F.coalesce(F.col(ev.value), F.lit(0.0))).alias(VALUE)] if ev.value else []
+    names = [spec.id_column, "ds", TYPE, COUNT] + ([VALUE] if ev.value else [])
+    totals = events.groupBy(*keys).agg(*aggs).withColumn(TYPE, F.lit(None).cast("string"))
+    if not ev.type:
+        return totals.select(*names)
+    per_type = events.groupBy(*keys, F.col(ev.type).alias(TYPE)).agg(*aggs)
+    return totals.select(*names).unionByName(per_type.select(*names))
+
+
+def daily_activity(activity: DataFrame, spec: DatasetSpec, types: Sequence[str]) -> DataFrame:
+    """Pivot stored activity to one row per (customer, day): counts and value sums per type.
+
+    Args:
+        activity: `activity_rows` rows.
         spec: the dataset spec.
         types: the event types with their own columns (others count only in the totals).
 
@@ -98,18 +131,15 @@ def daily_activity(events: DataFrame, spec: DatasetSpec, types: Sequence[str]) -
     """
     from pyspark.sql import functions as F
 
-    ev, one = spec.events, F.lit(1)
-    value = F.coalesce(F.col(ev.value), F.lit(0.0)) if ev.value else None
-    aggs = [F.count(one).alias(_counted(ALL))]
-    aggs += [F.sum(value).alias(_summed(ALL))] if value is not None else []
-    for name in types:
-        is_type = F.col(ev.type) == F.lit(name)
-        aggs.append(F.sum(F.when(is_type, one).otherwise(0)).cast("long").alias(
-            _counted(safe_name(name))))
-        if value is not None:
-            aggs.append(F.sum(F.when(is_type, value).otherwise(0.0)).alias(
-                _summed(safe_name(name))))
-    return events.groupBy(spec.id_column, day_number(F.col("_ds")).alias(DAY)).agg(*aggs)
+    has_value = spec.events.value is not None
+    aggs = []
+    for key, rows in [(ALL, F.col(TYPE).isNull())] + [
+            (safe_name(t), F.col(TYPE) == F.lit(t)) for t in types]:
+        aggs.append(F.sum(F.when(rows, F.col(COUNT)).otherwise(0)).cast("long").alias(
+            _counted(key)))
+        if has_value:
+            aggs.append(F.sum(F.when(rows, F.col(VALUE)).otherwise(0.0)).alias(_summed(key)))
+    return activity.groupBy(spec.id_column, day_number(F.col("ds")).alias(DAY)).agg(*aggs)
 
 
 def activity_population(daily: DataFrame, spec: DatasetSpec, days: Iterable[str]) -> DataFrame:
@@ -259,14 +289,14 @@ def snapshot_features(customers: DataFrame, spec: DatasetSpec) -> DataFrame:
     return customers.select(*cols)
 
 
-def build_features(spec: DatasetSpec, days: Iterable[str], events: DataFrame | None,
+def build_features(spec: DatasetSpec, days: Iterable[str], activity: DataFrame | None,
                    customers: DataFrame | None, types: Sequence[str]) -> DataFrame:
     """Features of every population member for every day in `days`, as of the end of each day.
 
     Args:
         spec: the dataset spec.
         days: the feature days (`YYYY-MM-DD`).
-        events: typed valid events with `_ds` (None when the spec has no events).
+        activity: `activity_rows` of the days the windows cover (None without events).
         customers: typed valid snapshot rows with `_ds` (None when the spec has no customers).
         types: the event types with their own columns (`event_types`).
 
@@ -276,7 +306,7 @@ def build_features(spec: DatasetSpec, days: Iterable[str], events: DataFrame | N
     from pyspark.sql import functions as F
 
     days = sorted(set(days))
-    daily = daily_activity(events, spec, types) if spec.events else None
+    daily = daily_activity(activity, spec, types) if spec.events else None
     probes = population(spec, days, customers, daily)
     frame = window_features(daily, probes, spec, types) if spec.events else probes
     if spec.customers is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from churn.features import DAY, PROBE, day_number, day_string, population
+from churn.features import COUNT, DAY, PROBE, TYPE, day_number, day_string, population
 from churn.spec import DatasetSpec
 
 if TYPE_CHECKING:
@@ -24,17 +24,20 @@ LABEL = "label"
 _HITS = "_hits"
 
 
-def label_activity(events: DataFrame, spec: DatasetSpec) -> DataFrame:
-    """Events that count for the label, per (customer, day): `[id, _day, _hits]`.
+def label_activity(activity: DataFrame, spec: DatasetSpec) -> DataFrame:
+    """Events that count for the label, per (customer, day), from the stored activity
+    (`churn.features.activity_rows`): `[id, _day, _hits]`.
 
     Every event for `inactivity`; events of `label.event_type` for `event`.
     """
     from pyspark.sql import functions as F
 
     if spec.label.kind == "event":
-        events = events.where(F.col(spec.events.type) == F.lit(spec.label.event_type))
-    return events.groupBy(spec.id_column, day_number(F.col("_ds")).alias(DAY)).agg(
-        F.count(F.lit(1)).alias(_HITS))
+        rows = F.col(TYPE) == F.lit(spec.label.event_type)
+    else:
+        rows = F.col(TYPE).isNull()
+    return activity.where(rows).select(spec.id_column, day_number(F.col("ds")).alias(DAY),
+                                       F.col(COUNT).alias(_HITS))
 
 
 def future_hits(activity: DataFrame, probes: DataFrame, spec: DatasetSpec) -> DataFrame:
@@ -50,11 +53,11 @@ def future_hits(activity: DataFrame, probes: DataFrame, spec: DatasetSpec) -> Da
     return stacked.select(idc, DAY, PROBE, hits.alias(_HITS)).where(F.col(PROBE)).drop(PROBE)
 
 
-def event_labels(events: DataFrame, probes: DataFrame, spec: DatasetSpec) -> DataFrame:
+def event_labels(activity: DataFrame, probes: DataFrame, spec: DatasetSpec) -> DataFrame:
     """`inactivity` / `event` labels of each probe: `[id, _day, label]`."""
     from pyspark.sql import functions as F
 
-    counted = future_hits(label_activity(events, spec), probes, spec)
+    counted = future_hits(label_activity(activity, spec), probes, spec)
     if spec.label.kind == "inactivity":
         label = F.col(_HITS) == 0
     else:
@@ -75,14 +78,15 @@ def column_labels(customers: DataFrame, probes: DataFrame, spec: DatasetSpec) ->
     return joined.select(idc, DAY, label.alias(LABEL))
 
 
-def build_labels(spec: DatasetSpec, days: Iterable[str], events: DataFrame | None,
+def build_labels(spec: DatasetSpec, days: Iterable[str], activity: DataFrame | None,
                  customers: DataFrame | None) -> DataFrame:
     """Labels of every population member for each matured day in `days`.
 
     Args:
         spec: the dataset spec.
         days: label days whose horizon has matured (`YYYY-MM-DD`).
-        events: typed valid events with `_ds` covering the days' populations and horizons.
+        activity: `churn.features.activity_rows` covering the days' populations and horizons
+            (None without events).
         customers: typed valid snapshot rows with `_ds` (population and `column` labels).
 
     Returns:
@@ -93,10 +97,10 @@ def build_labels(spec: DatasetSpec, days: Iterable[str], events: DataFrame | Non
     from churn.features import daily_activity
 
     days = sorted(set(days))
-    daily = daily_activity(events, spec, []) if spec.customers is None else None
+    daily = daily_activity(activity, spec, []) if spec.customers is None else None
     probes = population(spec, days, customers, daily)
     if spec.label.kind == "column":
         labelled = column_labels(customers, probes, spec)
     else:
-        labelled = event_labels(events, probes, spec)
+        labelled = event_labels(activity, probes, spec)
     return labelled.select(spec.id_column, day_string(F.col(DAY)).alias("ds"), LABEL)

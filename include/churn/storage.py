@@ -130,6 +130,10 @@ class Layout:
         """`quarantine/<table>/ds=…`: rejected rows with a reason column."""
         return self.partition("quarantine", ds, table)
 
+    def activity(self, ds: str) -> str:
+        """`activity/events/ds=…`: the day's valid events reduced per customer and event type."""
+        return self.partition("activity", ds, "events")
+
     def features(self, ds: str) -> str:
         """`features/ds=…`: one row per customer as of the end of ds."""
         return self.partition("features", ds)

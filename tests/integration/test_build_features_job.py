@@ -177,19 +177,20 @@ class TestMissingHistory:
     def test_lost_history_fails_naming_the_days_unless_allowed(self, spark, clean_root,
                                                                small_spec, tmp_path):
         root, day = raw_copy(clean_root, tmp_path), "2024-01-11"
-        build(spark, root, small_spec, "2024-01-08", "2024-01-10")  # records the start, Jan 1
+        # records the start (Jan 1) and stores the activity of Jan 8..10
+        build(spark, root, small_spec, "2024-01-08", "2024-01-10")
         delete_raw(root, START, shift_ds(day, -1))
-        # the 7-day windows read events of Jan 5..11; the label that matured on Jan 11
-        # (horizon 5) needs the snapshot of Jan 6
+        # the 7-day windows need the events of Jan 5..11, Jan 8..10 from stored activity; the
+        # label that matured on Jan 11 (horizon 5) needs the snapshot of Jan 6
         with pytest.raises(ingest.MissingPartitionError,
                            match=r"raw/customers: 2024-01-06; raw/events: 2024-01-05\.\."
-                                 r"2024-01-10 \(6 days\) \(the history starts: customers "
+                                 r"2024-01-07 \(3 days\) \(the history starts: customers "
                                  r"2024-01-01, events 2024-01-01;"):
             build(spark, root, small_spec, day)
         build(spark, root, small_spec, day, allow_missing=True)
         fragment = read_json(Layout(root).run_fragment(day, "features"))
         assert fragment["missing_raw_days"] == {"customers": ["2024-01-06"],
-                                                "events": ds_range("2024-01-05", "2024-01-10")}
+                                                "events": ds_range("2024-01-05", "2024-01-07")}
         assert fragment["history_start"] == {"events": START, "customers": START}
         assert fragment["short_window"] is False
 
@@ -207,6 +208,64 @@ class TestMissingHistory:
         first = {"events": "2024-01-05", "customers": "2024-01-05"}
         assert read_json(layout.history()) == {"first_day": first}
         assert read_json(layout.run_fragment("2024-01-12", "features"))["missing_raw_days"] == {}
+
+
+def events_only_specs(folder: Path, small_spec: str) -> tuple[str, str]:
+    """(the generator's spec, the job's): timestamps written as `yyyymmdd`; the job reads the
+    events alone (the generated snapshots unread), with windows of 7 and 60 days and an
+    inactivity label."""
+    spec = load_spec(small_spec)
+    # a date-only log: equal rows of one day are separate events (`keep_all`)
+    generated = spec.model_copy(update={
+        "events": spec.events.model_copy(update={"windows_days": (7, 60),
+                                                 "timestamp_kind": "yyyymmdd",
+                                                 "duplicates": "keep_all"})})
+    events_only = generated.model_copy(update={
+        "customers": None,
+        "label": spec.label.model_copy(update={"kind": "inactivity", "event_type": None})})
+    paths = folder / "generated.yaml", folder / "events_only.yaml"
+    for path, written in zip(paths, (generated, events_only)):
+        path.write_text(dump_spec(written))
+    return str(paths[0]), str(paths[1])
+
+
+class TestIncrementalDays:
+    """A day validates its own raw day; every other day its windows and labels need comes from
+    the stored activity, with the same features and labels as a build from raw alone."""
+
+    @pytest.mark.parametrize("shape", ["both_tables", "events_only_60d_yyyymmdd"])
+    def test_a_day_reads_one_raw_event_day(self, spark, small_spec, tmp_path, caplog, shape):
+        generator_spec, spec, days = small_spec, small_spec, 20
+        if shape != "both_tables":
+            (generator_spec, spec), days = events_only_specs(tmp_path, small_spec), 65
+        generated, day = tmp_path / "generated", shift_ds(START, days - 1)
+        generate(str(generated), customers=30, start=START, days=days, seed=9,
+                 spec=generator_spec)
+        from_raw = raw_copy(str(generated), tmp_path / "from_raw")
+        build(spark, from_raw, spec, day)
+        incremental = raw_copy(str(generated), tmp_path / "incremental")
+        build(spark, incremental, spec, START, shift_ds(day, -1))  # the history, one pass
+        for ds in ds_range(START, shift_ds(day, -1)):
+            shutil.rmtree(Layout(incremental).raw("events", ds))
+        if shape != "both_tables":
+            shutil.rmtree(Layout(incremental).area("raw", "customers"))
+        with caplog.at_level("INFO", logger="churn.build_features"):
+            summary = build(spark, incremental, spec, day)
+        planned = [r.getMessage() for r in caplog.records if "reading raw" in r.getMessage()]
+        # raw: the day's events, and the snapshots of the day and of the label day (5 days
+        # back: they hold the population). Stored: the rest of the day's longest window, and
+        # without snapshots also the label day's window, which gives its population.
+        longest = load_spec(spec).events.longest_window
+        if shape == "both_tables":
+            raw, stored = {"events": 1, "customers": 2}, longest - 1
+        else:
+            raw, stored = {"events": 1}, longest + 5 - 1
+        assert planned[-1].endswith(f"reading raw {raw}, stored activity of {stored} day(s)")
+        assert summary["label_days"] == [shift_ds(day, -5)]
+        for area, ds in [("features", day), ("labels", shift_ds(day, -5))]:
+            pd.testing.assert_frame_equal(read_partition(incremental, area, ds),
+                                          read_partition(from_raw, area, ds))
+        assert len(read_partition(incremental, "labels", shift_ds(day, -5))) > 10
 
 
 class TestSparkSubmit:

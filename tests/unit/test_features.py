@@ -45,6 +45,11 @@ def events_frame(spark, rows):
         data, f"{ID} string, _ds string, event_ts timestamp, event_type string, amount double")
 
 
+def activity_frame(spark, rows, spec=None):
+    """The stored daily activity of `rows` (`features.activity_rows`)."""
+    return features.activity_rows(events_frame(spark, rows), spec or make_spec())
+
+
 def customers_frame(spark, rows):
     """Typed valid snapshot rows as `churn.ingest.validate` returns them."""
     data = [(i, d, dt.date.fromisoformat(s), p, a) for i, d, s, p, a in rows]
@@ -57,8 +62,8 @@ def build(spark, days, event_rows=EVENTS, spec=None):
     spec = spec or make_spec()
     snapshot = [(i, d, s, p, a) for d in days for i, _, s, p, a in SNAPSHOT]
     customers = customers_frame(spark, snapshot) if spec.customers else None
-    frame = features.build_features(spec, days, events_frame(spark, event_rows), customers,
-                                    features.event_types(spec))
+    frame = features.build_features(spec, days, activity_frame(spark, event_rows, spec),
+                                    customers, features.event_types(spec))
     return {(r[ID], r["ds"]): r.asDict() for r in frame.collect()}
 
 
@@ -85,7 +90,7 @@ class TestBuildFeatures:
 
     def test_schema_is_fixed_by_the_spec(self, spark):
         spec = make_spec()
-        frame = features.build_features(spec, [DAY], events_frame(spark, EVENTS),
+        frame = features.build_features(spec, [DAY], activity_frame(spark, EVENTS),
                                         customers_frame(spark, SNAPSHOT), ["login", "buy"])
         assert frame.columns == [ID, "ds", *features.feature_names(spec, ["login", "buy"])]
         types = dict(frame.dtypes)
@@ -118,8 +123,8 @@ class TestBuildFeatures:
         assert features.event_types(make_spec()) == ["buy", "login"]
         loose = make_spec().model_copy(update={"events": make_spec().events.model_copy(
             update={"types": ()})})
-        assert features.event_types(loose, events_frame(spark, EVENTS)) == ["buy", "login",
-                                                                            "other"]
+        assert features.event_types(loose, activity_frame(spark, EVENTS)) == ["buy", "login",
+                                                                              "other"]
 
     def test_safe_name(self):
         assert features.safe_name(" Support Ticket! ") == "support_ticket"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from churn import labels
+from churn.features import activity_rows
 from churn.spec import DatasetSpec
 
 ID = "customer_id"
@@ -32,7 +33,7 @@ def labels_of(spark, spec: DatasetSpec, days) -> dict:
         [(i, d, dt.datetime.fromisoformat(f"{d} 12:00"), t) for i, d, t in EVENTS],
         f"{ID} string, _ds string, event_ts timestamp, event_type string")
     customers = spark.createDataFrame(SNAPSHOT, f"{ID} string, _ds string, churned string")
-    frame = labels.build_labels(spec, days, events, customers)
+    frame = labels.build_labels(spec, days, activity_rows(events, spec), customers)
     assert frame.columns == [ID, "ds", "label"]
     assert dict(frame.dtypes)["label"] == "int"
     return {(r[ID], r["ds"]): r["label"] for r in frame.collect()}
