@@ -6,16 +6,16 @@
 
 Validates the raw partitions of the feature days, and of the other days the windows and labels
 need that have no stored activity; quarantines rejected rows (`quarantine/<table>/ds=…`);
-writes each feature day's activity (`activity/events/ds=…`: its valid events reduced per
-customer and event type, which later days' windows read instead of raw), `features/ds=…` for
-every day, `labels/ds=…` for every day whose horizon matured within the run (day L + horizon ≤
-the last day: a run reads no raw day after it, and each label partition belongs to the run of
-the day it matured on), the `runs/ds=…/ingest.json` and `features.json` fragments and
-`runs/_history.json` (where each table's history starts: `churn.history`). Fails (exit code 1,
-message on stderr) when a day rejects more rows than allowed, a required column is missing, a
-needed day on or after the history start has neither raw partition nor stored activity (unless
-`--allow-missing`), or a day's partition holds a 0-byte file, a file written after its ready
-marker, or fewer rows than `ready.min_rows`.
+writes each feature day's activity (`activity/<table>/ds=…`: its valid events reduced per
+customer and event type, its valid snapshot rows; later days read it instead of raw),
+`features/ds=…` for every day, `labels/ds=…` for every day whose horizon matured within the run
+(day L + horizon ≤ the last day: a run reads no raw day after it, and each label partition
+belongs to the run of the day it matured on), the `runs/ds=…/ingest.json` and `features.json`
+fragments and `runs/_history.json` (where each table's history starts: `churn.history`). Fails
+(exit code 1, message on stderr) when a day rejects more rows than allowed, a required column
+is missing, a needed day on or after the history start has neither raw partition nor stored
+activity (unless `--allow-missing`), or a day's partition holds a 0-byte file, a file written
+after its ready marker, or fewer rows than `ready.min_rows`.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def run(spark, args: JobArgs) -> dict:
     started = time.monotonic()
     spec, layout = load_spec(args.spec), Layout(args.root)
     available = {t: list_partitions(layout.area("raw", t)) for t in spec.tables}
-    stored = list_partitions(layout.area("activity", "events")) if spec.events else []
+    stored = {t: list_partitions(layout.area("activity", t)) for t in spec.tables}
     plan = ingest.plan_reads(spec, args.start, args.end, available,
                              history.first_days(layout, spec, available), stored)
     ingest.check_missing(plan, args.allow_missing)
@@ -90,9 +90,10 @@ def run(spark, args: JobArgs) -> dict:
         LOG.info("%s: windows reach before the history start %s (short by definition)",
                  ingest.describe_days(plan.short_days), plan.history_start)
     landing.check_landed(args.root, spec, plan.feature_days)
-    LOG.info("features %s..%s, labels for %d matured day(s); reading raw %s, stored activity "
-             "of %d day(s)", args.start, args.end, len(plan.label_days),
-             {t: len(d) for t, d in plan.read_days.items()}, len(plan.activity_days))
+    LOG.info("features %s..%s, labels for %d matured day(s); reading days of raw %s, of stored "
+             "activity %s", args.start, args.end, len(plan.label_days),
+             {t: len(d) for t, d in plan.read_days.items()},
+             {t: len(d) for t, d in plan.activity_days.items()})
     checked = {t: _validate_table(spark, layout, spec, t, plan) for t in spec.tables}
     try:
         _publish_ingest(layout, spec, plan, checked, args)
@@ -115,8 +116,14 @@ def _build_outputs(spark, layout, spec, plan, checked: dict) -> list[str]:
     """
     from churn import features, labels
 
-    customers = checked["customers"].valid if "customers" in checked else None
-    activity = _activity(spark, layout, spec, plan, checked) if spec.events else None
+    activity = customers = None
+    if spec.events:
+        fresh = features.activity_rows(checked["events"].valid, spec)
+        activity = _with_stored(spark, layout, "events", plan, fresh)
+    if spec.customers:
+        fresh = checked["customers"].valid.withColumnRenamed("_ds", "ds")
+        customers = _with_stored(spark, layout, "customers", plan, fresh).withColumnRenamed(
+            "ds", "_ds")
     types = features.event_types(spec, activity)
     built = features.build_features(spec, plan.feature_days, activity, customers, types)
     _write(built, plan.feature_days, layout.features, "features")
@@ -126,17 +133,17 @@ def _build_outputs(spark, layout, spec, plan, checked: dict) -> list[str]:
     return types
 
 
-def _activity(spark, layout, spec, plan, checked: dict):
-    """The activity of every event day the run needs: the validated raw days' (the feature
-    days' written to `activity/events/ds=…`), then the stored activity of the other days."""
-    from churn.features import activity_rows
+def _with_stored(spark, layout, table: str, plan, fresh):
+    """Every day of one table the run needs: `fresh` (from the validated raw days, with a `ds`
+    column), after writing its feature days to `activity/<table>/ds=…`, plus the stored
+    activity of the plan's other days."""
     from churn.spark import to_spark_uri
 
-    fresh = activity_rows(checked["events"].valid, spec)
-    _write(fresh, plan.feature_days, layout.activity, "activity")
-    if not plan.activity_days:
+    _write(fresh, plan.feature_days, lambda d: layout.activity(table, d), f"activity/{table}")
+    days = plan.activity_days.get(table, [])
+    if not days:
         return fresh
-    paths = [to_spark_uri(layout.activity(d)) for d in plan.activity_days]
+    paths = [to_spark_uri(layout.activity(table, d)) for d in days]
     return fresh.unionByName(spark.read.schema(fresh.schema).parquet(*paths))
 
 

@@ -175,13 +175,14 @@ class ReadPlan:
     history_start: dict[str, str] = field(default_factory=dict)
     # Feature days whose longest window reaches before the events' history start.
     short_days: list[str] = field(default_factory=list)
-    # Needed event days read from their stored activity instead of raw (never a feature day).
-    activity_days: list[str] = field(default_factory=list)
+    # Per table, needed days read from their stored activity instead of raw (never a feature
+    # day: those are always validated from raw).
+    activity_days: dict[str, list[str]] = field(default_factory=dict)
 
 
 def plan_reads(spec: DatasetSpec, start: str, end: str, available: dict[str, list[str]],
                history_start: dict[str, str] | None = None,
-               stored_activity: Iterable[str] = ()) -> ReadPlan:
+               stored_activity: dict[str, list[str]] | None = None) -> ReadPlan:
     """Plan a run over the feature days [start, end] (pure: no I/O).
 
     Features for D read events of [D - longest window + 1, D]. Labels are computed for every day
@@ -193,9 +194,9 @@ def plan_reads(spec: DatasetSpec, start: str, end: str, available: dict[str, lis
     partition. They read
     events of (L, L + horizon] (kinds inactivity/event) or the snapshot of L + horizon (column).
     Days before a table's history start are not needed (the data starts there); without one
-    (`churn.history`), the history starts at the table's first delivered day. A needed event day
-    other than a feature day is read from its stored activity when there is one (its raw
-    partition may be gone); feature days are always validated from raw.
+    (`churn.history`), the history starts at the table's first delivered day. A needed day other
+    than a feature day is read from its stored activity when there is one (its raw partition
+    may be gone); feature days are always validated from raw.
 
     Args:
         spec: the dataset spec.
@@ -203,7 +204,7 @@ def plan_reads(spec: DatasetSpec, start: str, end: str, available: dict[str, lis
         end: last feature day.
         available: the existing raw partitions per table (`list_partitions`).
         history_start: per table, the first day of its history (`churn.history.first_days`).
-        stored_activity: the days of `activity/events` (`list_partitions`).
+        stored_activity: per table, the days of `activity/<table>` (`list_partitions`).
 
     Returns:
         The plan; `missing` lists needed days that have no partition, per table.
@@ -211,9 +212,8 @@ def plan_reads(spec: DatasetSpec, start: str, end: str, available: dict[str, lis
     horizon, pop_table = spec.label.horizon_days, "customers" if spec.customers else "events"
     label_table = "customers" if spec.label.kind == "column" else "events"
     feature_days = ds_range(start, end)
-    stored = sorted(set(stored_activity) - set(feature_days))
-    if spec.events:
-        available = {**available, "events": sorted({*available.get("events", []), *stored})}
+    stored = {t: set((stored_activity or {}).get(t, [])) - set(feature_days) for t in spec.tables}
+    available = {t: sorted({*available.get(t, []), *stored[t]}) for t in spec.tables}
     floors = {t: (history_start or {}).get(t) or min(available.get(t) or [""])
               for t in spec.tables}
     newest = max(available.get(label_table) or [""])
@@ -237,9 +237,8 @@ def plan_reads(spec: DatasetSpec, start: str, end: str, available: dict[str, lis
         missing[table] = [d for d in wanted if d not in have]
     short = [d for d in feature_days if spec.events
              and shift_ds(d, 1 - spec.events.longest_window) < floors["events"]]
-    from_activity = [d for d in read.get("events", []) if d in stored]
-    if spec.events:
-        read["events"] = [d for d in read["events"] if d not in stored]
+    from_activity = {t: [d for d in read[t] if d in stored[t]] for t in spec.tables}
+    read = {t: [d for d in read[t] if d not in stored[t]] for t in spec.tables}
     return ReadPlan(feature_days, label_days, read, missing,
                     {t: f for t, f in floors.items() if f}, short, from_activity)
 

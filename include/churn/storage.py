@@ -130,9 +130,10 @@ class Layout:
         """`quarantine/<table>/ds=…`: rejected rows with a reason column."""
         return self.partition("quarantine", ds, table)
 
-    def activity(self, ds: str) -> str:
-        """`activity/events/ds=…`: the day's valid events reduced per customer and event type."""
-        return self.partition("activity", ds, "events")
+    def activity(self, table: str, ds: str) -> str:
+        """`activity/<table>/ds=…`: the day's validated rows as later days read them: events
+        reduced per customer and event type, the snapshot as typed rows."""
+        return self.partition("activity", ds, table)
 
     def features(self, ds: str) -> str:
         """`features/ds=…`: one row per customer as of the end of ds."""

@@ -94,7 +94,8 @@ def build(spark, root: str, spec: str, start: str, end: str | None = None) -> di
 def owned_partitions(root: str, ds: str) -> list[str]:
     """The partitions a build_features run of ds writes (its `runs/ds=` fragments aside)."""
     layout = Layout(root)
-    return [layout.activity(ds), layout.features(ds), layout.labels(shift_ds(ds, -HORIZON)),
+    return [*(layout.activity(table, ds) for table in TABLES), layout.features(ds),
+            layout.labels(shift_ds(ds, -HORIZON)),
             *(layout.quarantine(table, ds) for table in TABLES)]
 
 

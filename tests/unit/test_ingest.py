@@ -110,6 +110,16 @@ class TestPlanReads:
         assert plan.short_days == _range("2024-01-08", "2024-01-10")
         assert plan.history_start == {"events": "2024-01-05"} and plan.missing == {"events": []}
 
+    def test_stored_activity_replaces_raw_except_on_feature_days(self):
+        stored = {"events": _range("2024-01-01", "2024-01-09")}  # raw of Jan 1..9 is gone
+        plan = ingest.plan_reads(_spec(), "2024-01-09", "2024-01-10", {"events": ["2024-01-10"]},
+                                 history_start={"events": "2024-01-01"}, stored_activity=stored)
+        # Jan 9 is a feature day: validated from raw, whose partition is gone
+        assert plan.missing == {"events": ["2024-01-09"]}
+        assert plan.read_days == {"events": ["2024-01-10"]}
+        # windows of Jan 9..10 and the populations of the labels of Jan 7..8 (horizon 2)
+        assert plan.activity_days == {"events": _range("2024-01-01", "2024-01-08")}
+
     def test_missing_target_day_is_an_error_unless_allowed(self):
         plan = ingest.plan_reads(_spec(), "2024-01-08", "2024-01-08",
                                  {"events": ["2024-01-06", "2024-01-08"]})
