@@ -249,7 +249,8 @@ class TestIncrementalDays:
         delete_raw(incremental, START, shift_ds(day, -1))
         with caplog.at_level("INFO", logger="churn.build_features"):
             summary = build(spark, incremental, spec, day)
-        planned = [r.getMessage() for r in caplog.records if "reading days of raw" in r.getMessage()]
+        planned = [r.getMessage() for r in caplog.records
+                   if "reading days of raw" in r.getMessage()]
         # stored: the rest of the day's longest window, and the label day's population (5 days
         # back): its snapshot, or without snapshots its window
         longest = load_spec(spec).events.longest_window
