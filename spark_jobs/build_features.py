@@ -136,15 +136,24 @@ def _build_outputs(spark, layout, spec, plan, checked: dict) -> list[str]:
 def _with_stored(spark, layout, table: str, plan, fresh):
     """Every day of one table the run needs: `fresh` (from the validated raw days, with a `ds`
     column), after writing its feature days to `activity/<table>/ds=…`, plus the stored
-    activity of the plan's other days."""
+    activity of the plan's other days.
+
+    The stored days are read into Spark's block store (an eager local checkpoint) while their
+    writer locks are held: the run of one of those days (a backfill's neighbour) may swap in a
+    new partition at any moment, and Spark would otherwise open the files it listed only later,
+    after they were replaced.
+    """
     from churn.spark import to_spark_uri
+    from churn.storage import partition_locks
 
     _write(fresh, plan.feature_days, lambda d: layout.activity(table, d), f"activity/{table}")
     days = plan.activity_days.get(table, [])
     if not days:
         return fresh
     paths = [to_spark_uri(layout.activity(table, d)) for d in days]
-    return fresh.unionByName(spark.read.schema(fresh.schema).parquet(*paths))
+    with partition_locks(layout.area("activity", table), [f"ds={d}" for d in days]):
+        stored = spark.read.schema(fresh.schema).parquet(*paths).localCheckpoint(eager=True)
+    return fresh.unionByName(stored)
 
 
 def _validate_table(spark, layout, spec, table: str, plan):

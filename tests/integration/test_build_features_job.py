@@ -7,10 +7,13 @@ The job's `run` goes through the shared local Spark session; one test launches t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +23,8 @@ from churn import ingest
 from churn.generate import generate
 from churn.packaging import build_package_zip
 from churn.spec import dump_spec, load_spec
-from churn.storage import Layout, ds_range, read_json, shift_ds
+from churn.storage import (Layout, ds_range, partition_locks, read_json, shift_ds, swap_in,
+                           temp_sibling)
 from spark_jobs.build_features import JobArgs, run
 from tests.support.small_data import read_partition
 
@@ -28,6 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 START = "2024-01-01"
 RANGE = ("2024-01-08", "2024-02-06")  # 30 days
 FAULT_DAY = "2024-01-09"
+JOB_SECONDS = 300  # the most one small build may take on 2 busy cores
 
 
 @pytest.fixture(scope="module")
@@ -229,41 +234,109 @@ def events_only_specs(folder: Path, small_spec: str) -> tuple[str, str]:
     return str(paths[0]), str(paths[1])
 
 
+@dataclass(frozen=True)
+class HistoryWorld:
+    """Generated raw data; `from_raw` built `day` from raw alone, `incremental` stored the
+    history (every day before `day`, one bulk pass)."""
+
+    spec: str
+    day: str
+    from_raw: str
+    incremental: str
+
+
+@pytest.fixture(scope="module")
+def history_worlds(spark, small_spec, tmp_path_factory):
+    """A `HistoryWorld` per shape, built on first use and shared by the module's tests."""
+    built: dict[str, HistoryWorld] = {}
+
+    def world(shape: str) -> HistoryWorld:
+        if shape not in built:
+            folder = tmp_path_factory.mktemp(shape)
+            generator_spec, spec, days = small_spec, small_spec, 20
+            if shape != "both_tables":
+                (generator_spec, spec), days = events_only_specs(folder, small_spec), 65
+            day = shift_ds(START, days - 1)
+            generate(str(folder / "generated"), customers=30, start=START, days=days, seed=9,
+                     spec=generator_spec)
+            from_raw = raw_copy(str(folder / "generated"), folder / "from_raw")
+            build(spark, from_raw, spec, day)
+            incremental = raw_copy(str(folder / "generated"), folder / "incremental")
+            build(spark, incremental, spec, START, shift_ds(day, -1))
+            built[shape] = HistoryWorld(spec, day, from_raw, incremental)
+        return built[shape]
+
+    return world
+
+
+def assert_same_day(world: HistoryWorld) -> None:
+    """The incremental root's features and labels of the day equal the build from raw."""
+    for area, ds in [("features", world.day), ("labels", shift_ds(world.day, -5))]:
+        pd.testing.assert_frame_equal(read_partition(world.incremental, area, ds),
+                                      read_partition(world.from_raw, area, ds))
+    assert len(read_partition(world.incremental, "labels", shift_ds(world.day, -5))) > 10
+
+
 class TestIncrementalDays:
     """A day validates its own raw day; every other day its windows and labels need comes from
-    the stored activity, with the same features and labels as a build from raw alone (every
-    other raw day deleted)."""
+    the stored activity, with the same features and labels as a build from raw alone."""
 
     @pytest.mark.parametrize("shape", ["both_tables", "events_only_60d_yyyymmdd"])
-    def test_a_day_reads_one_raw_day(self, spark, small_spec, tmp_path, caplog, shape):
-        generator_spec, spec, days = small_spec, small_spec, 20
-        if shape != "both_tables":
-            (generator_spec, spec), days = events_only_specs(tmp_path, small_spec), 65
-        generated, day = tmp_path / "generated", shift_ds(START, days - 1)
-        generate(str(generated), customers=30, start=START, days=days, seed=9,
-                 spec=generator_spec)
-        from_raw = raw_copy(str(generated), tmp_path / "from_raw")
-        build(spark, from_raw, spec, day)
-        incremental = raw_copy(str(generated), tmp_path / "incremental")
-        build(spark, incremental, spec, START, shift_ds(day, -1))  # the history, one pass
-        delete_raw(incremental, START, shift_ds(day, -1))
+    def test_a_day_reads_one_raw_day(self, spark, history_worlds, caplog, shape):
+        world = history_worlds(shape)
+        delete_raw(world.incremental, START, shift_ds(world.day, -1))
         with caplog.at_level("INFO", logger="churn.build_features"):
-            summary = build(spark, incremental, spec, day)
+            summary = build(spark, world.incremental, world.spec, world.day)
         planned = [r.getMessage() for r in caplog.records
                    if "reading days of raw" in r.getMessage()]
         # stored: the rest of the day's longest window, and the label day's population (5 days
         # back): its snapshot, or without snapshots its window
-        longest = load_spec(spec).events.longest_window
+        longest = load_spec(world.spec).events.longest_window
         if shape == "both_tables":
             raw, stored = {"events": 1, "customers": 1}, {"events": longest - 1, "customers": 1}
         else:
             raw, stored = {"events": 1}, {"events": longest + 5 - 1}
         assert planned[-1].endswith(f"reading days of raw {raw}, of stored activity {stored}")
-        assert summary["label_days"] == [shift_ds(day, -5)]
-        for area, ds in [("features", day), ("labels", shift_ds(day, -5))]:
-            pd.testing.assert_frame_equal(read_partition(incremental, area, ds),
-                                          read_partition(from_raw, area, ds))
-        assert len(read_partition(incremental, "labels", shift_ds(day, -5))) > 10
+        assert summary["label_days"] == [shift_ds(world.day, -5)]
+        assert_same_day(world)
+
+    def test_a_stored_day_is_read_whole_while_its_run_rewrites_it(self, spark, history_worlds):
+        """A backfill's neighbour: the run of the day before swaps in its activity while the
+        run of the day reads it. The reader waits for the writer's lock, then reads the new
+        files."""
+        world = history_worlds("both_tables")
+        neighbour = Layout(world.incremental).activity("events", shift_ds(world.day, -1))
+        waiting, logger, done = _Waiting(), logging.getLogger("churn.storage"), {}
+        logger.addHandler(waiting)
+        reader = threading.Thread(target=lambda: done.update(
+            summary=build(spark, world.incremental, world.spec, world.day)))
+        try:
+            with partition_locks(Layout(world.incremental).area("activity", "events"),
+                                 [f"ds={shift_ds(world.day, -1)}"]):
+                reader.start()
+                assert waiting.seen.wait(JOB_SECONDS), "the reader did not wait for the writer"
+                rewritten = temp_sibling(neighbour)
+                shutil.copytree(neighbour, rewritten)
+                for part in Path(rewritten).glob("part-*"):  # a new writer's file names
+                    part.rename(part.with_name(f"part-rewritten-{part.name[5:]}"))
+                swap_in(rewritten, neighbour)
+            reader.join(JOB_SECONDS)
+        finally:
+            logger.removeHandler(waiting)
+        assert done["summary"]["feature_days"] == [world.day]
+        assert_same_day(world)
+
+
+class _Waiting(logging.Handler):
+    """Sets `seen` once a writer-lock wait is logged."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "waiting up to" in record.getMessage():
+            self.seen.set()
 
 
 class TestSparkSubmit:
