@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 RUN := source scripts/env.sh &&
 
-.PHONY: setup demo test test-fast reliability-table bench ray-up ray-down airflow clean
+.PHONY: setup demo test test-fast reliability-table bench ray-up ray-down spark-up spark-down airflow clean
 
 setup:
 	@bash scripts/setup.sh
@@ -26,6 +26,12 @@ ray-up: setup
 
 ray-down:
 	@$(RUN) bash scripts/ray_local.sh down
+
+spark-up: setup
+	@$(RUN) bash scripts/spark_local.sh up
+
+spark-down:
+	@$(RUN) bash scripts/spark_local.sh down
 
 airflow: setup
 	@$(RUN) bash scripts/airflow_standalone.sh

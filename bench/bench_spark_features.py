@@ -12,6 +12,9 @@ Measured side by side in one run, on generated Parquet raw data (synthetic spec,
   in DuckDB on the same Parquet files: Spark ÷ DuckDB at 10x (goal <= 3);
 - one 30-day range pass ÷ 30 single-day runs (goal <= 0.3); with `--singles K < 30` only K
   single days are run and their mean is scaled to 30 (said in the output);
+- daily-run scaling with the window: after a bulk pass stores the history (unmeasured), daily
+  runs with a 180-day window ÷ daily runs with a 7-day window on the same raw data, alternating
+  (goal <= 1.3: a day validates one raw day and reads the stored activity of the rest);
 - peak RSS of each job: for Spark the whole process tree (python driver, JVM, python workers);
   for DuckDB the python process it runs in (which also holds the idle Spark driver's python).
 Prints a table and writes bench/results/bench_spark_features.json.
@@ -94,6 +97,45 @@ def job(spark, root: Path, spec: str, start: str, end: str) -> Measure:
     with measured(Measure()) as m:
         run(spark, JobArgs(root=str(root), spec=spec, start=start, end=end))
     return m
+
+
+def window_spec(workdir: Path, spec: str, window: int) -> str:
+    """The bench spec with one feature window of `window` days."""
+    from churn.spec import dump_spec, load_spec
+
+    loaded = load_spec(spec)
+    loaded = loaded.model_copy(update={
+        "events": loaded.events.model_copy(update={"windows_days": (window,)})})
+    path = workdir / f"bench_spec_{window}d.yaml"
+    path.write_text(dump_spec(loaded))
+    return str(path)
+
+
+def window_results(spark, work: Path, spec: str, rows: int, runs: int) -> dict:
+    """Daily runs with a 180-day window ÷ with a 7-day window, each on its own copy of the same
+    raw data whose history (every day before the measured ones) a bulk pass stored first."""
+    import shutil
+
+    from churn.storage import ds_range, shift_ds
+
+    days, generated = 190, work / f"windows-{rows}"
+    make_data(generated, spec, rows, days)
+    measured_days = ds_range(shift_ds(START, days - runs), shift_ds(START, days - 1))
+    roots = {}
+    for window in (7, 180):
+        root = work / f"windows-{rows}-{window}d"
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.copytree(generated / "raw", root / "raw")
+        roots[window] = (root, window_spec(work, spec, window))
+        job(spark, root, roots[window][1], START, shift_ds(measured_days[0], -1))
+    seconds = {7: [], 180: []}
+    for ds in measured_days:
+        for window, (root, window_path) in roots.items():
+            seconds[window].append(job(spark, root, window_path, ds, ds).seconds)
+    median = {w: sorted(s)[len(s) // 2] for w, s in seconds.items()}
+    return {"days_measured": runs, "daily_7d_s": round(median[7], 2),
+            "daily_180d_s": round(median[180], 2),
+            "window_180d_over_7d": round(median[180] / median[7], 2)}
 
 
 def spark_aggregates(spark, root: Path, spec_path: str, ds: str, out: Path) -> Measure:
@@ -192,9 +234,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", default="/tmp/churn-bench-features",
                         help="where generated data and outputs go (kept for re-runs)")
     parser.add_argument("--skip-10x", action="store_true", help="only the 1x measurements")
+    parser.add_argument("--window-runs", type=int, default=5,
+                        help="daily runs measured per window (their median is compared)")
     ns = parser.parse_args(argv)
     if ns.quick:
-        ns.rows, ns.singles = 100_000, 3
+        ns.rows, ns.singles, ns.window_runs = 100_000, 3, 3
     return ns
 
 
@@ -216,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["x1"] = scale_results(spark, one, spec, last, work / "out-x1")
     results["bulk"] = bulk_results(spark, one, spec, ds_range(shift_ds(last, -29), last),
                                    args.singles)
+    results["windows"] = window_results(spark, work, spec, args.rows, args.window_runs)
     if not args.skip_10x:
         ten = work / f"x10-{args.rows * 10}"
         make_data(ten, spec, args.rows * 10, 90)
@@ -281,6 +326,10 @@ def print_table(results: dict) -> None:
              (f"single day mean s over {b['singles_measured']} (peak RSS MB)",
               f"{b['single_mean_s']} ({b['single_peak_rss_mb']})", ""),
              ("range ÷ 30 singles", b["range_over_singles"], "goal <= 0.3")]
+    w = results["windows"]
+    rows += [(f"daily run s, 7-day / 180-day window (median of {w['days_measured']})",
+              f"{w['daily_7d_s']} / {w['daily_180d_s']}", ""),
+             ("daily run, 180-day ÷ 7-day window", w["window_180d_over_7d"], "goal <= 1.3")]
     width = max(len(r[0]) for r in rows)
     for name, value, goal in rows:
         print(f"{name:<{width}}  {value!s:>22}  {goal}")

@@ -1,4 +1,5 @@
-"""Shared fixtures: one real local SparkSession and one real local Ray head per test session."""
+"""Shared fixtures: one real local SparkSession and one real local Ray head per test session
+(and a Spark standalone cluster for the tests that ask for one)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,17 @@ def ray_head():
     head = start_ray_head(num_cpus=2)
     yield head
     head.stop()
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory):
+    """A Spark standalone cluster (a master, two one-core workers) shared by the session, started
+    by `scripts/spark_local.sh` only when a test asks for it."""
+    from tests.support.spark_cluster import start_spark_cluster
+
+    cluster = start_spark_cluster(tmp_path_factory.mktemp("spark-cluster"))
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")

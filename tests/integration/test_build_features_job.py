@@ -326,6 +326,34 @@ class TestIncrementalDays:
         assert done["summary"]["feature_days"] == [world.day]
         assert_same_day(world)
 
+    def test_a_redelivered_past_day_is_rebuilt_by_one_bulk_pass(self, spark, clean_root,
+                                                                small_spec, tmp_path):
+        """The producer re-delivers D's events after D+6 was built: the pass D .. D + longest
+        window - 1 (the README's command) rewrites D's activity and every window and matured
+        label over it, as a build from the re-delivered raw data alone would."""
+        day, longest = "2024-01-10", load_spec(small_spec).events.longest_window
+        rebuilt, matured = ds_range(day, shift_ds(day, longest - 1)), shift_ds(day, -5)
+        root = raw_copy(clean_root, tmp_path / "root")
+        build(spark, root, small_spec, START, rebuilt[-1])
+        before = read_partition(root, "features", rebuilt[3])
+        generate(str(tmp_path / "redelivery"), customers=80, start=START, days=12, seed=12,
+                 spec=small_spec)
+        reference = raw_copy(clean_root, tmp_path / "reference")
+        for target in (root, reference):
+            shutil.rmtree(Layout(target).raw("events", day))
+            shutil.copytree(Layout(str(tmp_path / "redelivery")).raw("events", day),
+                            Layout(target).raw("events", day))
+        summary = build(spark, root, small_spec, rebuilt[0], rebuilt[-1])
+        build(spark, reference, small_spec, rebuilt[0], rebuilt[-1])
+        assert summary["label_days"] == ds_range(matured, shift_ds(rebuilt[-1], -5))
+        assert not read_partition(root, "features", rebuilt[3]).equals(before)
+        for area, days in (("features", rebuilt), ("labels", summary["label_days"])):
+            for ds in days:
+                pd.testing.assert_frame_equal(read_partition(root, area, ds),
+                                              read_partition(reference, area, ds))
+        pd.testing.assert_frame_equal(read_partition(root, "activity", day, "events"),
+                                      read_partition(reference, "activity", day, "events"))
+
 
 class _Waiting(logging.Handler):
     """Sets `seen` once a writer-lock wait is logged."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from churn.spark import resolve_master, session_conf
+from churn.spark import resolve_master, session_conf, set_default_shuffle_partitions
 
 LOCAL_ENV = {"SPARK_LOCAL_IP": "127.0.0.1"}
 
@@ -28,11 +28,13 @@ class TestSessionConf:
         assert conf["spark.driver.host"] == "127.0.0.1"
         assert conf["spark.sql.execution.arrow.maxRecordsPerBatch"] == "5000"
         assert conf["spark.sql.sources.partitionOverwriteMode"] == "dynamic"
+        assert conf["spark.sql.sources.parallelPartitionDiscovery.threshold"] == "1024"
 
     def test_cluster_session_keeps_the_platforms_s3_handler(self):
         conf = session_conf(None, arrow_batch_size=None, env=LOCAL_ENV)
         assert "spark.hadoop.fs.s3.impl" not in conf
         assert "spark.driver.host" not in conf
+        assert "spark.sql.sources.parallelPartitionDiscovery.threshold" not in conf
         assert conf["spark.sql.session.timeZone"] == "UTC"
 
     def test_moto_endpoint_switches_to_path_style(self):
@@ -68,3 +70,9 @@ class TestBuiltSession:
         F.col("customer_id")
         assert len(sent) == 3, sent
         assert spark.conf.get("spark.python.sql.dataFrameDebugging.enabled") == "false"
+
+    def test_a_launcher_chosen_shuffle_size_is_kept(self, spark):
+        """The shared session was built with 2 (in its SparkConf, as `spark-submit --conf` or
+        `spark-defaults.conf` would put it): the local default of 8 must not replace it."""
+        set_default_shuffle_partitions(spark, explicit=False)
+        assert spark.conf.get("spark.sql.shuffle.partitions") == "2"
