@@ -2,7 +2,8 @@
 
 Day 1 (2025-03-16): 5 matured label days, no champion: trains (Ray Tune) and the gate promotes.
 Day 2 (2025-03-17): not a cadence day: no training, scored with the day-1 champion.
-Then day 2 again: the same predictions, no duplicate rows.
+Then day 2 again, its Spark jobs on a Spark standalone cluster (a master, two workers) instead of
+`local[2]`: the same predictions, no duplicate rows.
 The cold start (too few label days, no champion: no training, scoring skipped) is the first
 scheduled run of test_scheduled_run.py.
 """
@@ -45,12 +46,18 @@ def snapshot(root: str, ds: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def daily_runs(e2e_world) -> dict:
-    """Run the two days and the re-run through `airflow dags test`, snapshotting after each."""
+def daily_runs(e2e_world, spark_cluster) -> dict:
+    """Run the two days and the re-run (on the Spark cluster) through `airflow dags test`,
+    snapshotting after each; `cluster_apps` are the applications the re-run ran there."""
     root, runs = str(e2e_world.root), {}
-    for key, ds in (("train", TRAIN_DAY), ("score", SCORE_DAY), ("rerun", SCORE_DAY)):
-        e2e_world.airflow("dags", "test", "churn_pipeline", ds, "--conf", e2e_world.conf())
+    before = spark_cluster.completed_apps()
+    for key, ds, env in (("train", TRAIN_DAY, None), ("score", SCORE_DAY, None),
+                         ("rerun", SCORE_DAY, spark_cluster.airflow_env())):
+        e2e_world.airflow("dags", "test", "churn_pipeline", ds, "--conf", e2e_world.conf(),
+                          env=env)
         runs[key] = snapshot(root, ds)
+    runs["cluster_apps"] = [app for app_id, app in spark_cluster.completed_apps().items()
+                            if app_id not in before]
     return runs
 
 
@@ -101,6 +108,10 @@ class TestNonTrainingDay:
 
 
 class TestRerunSameDay:
+    def test_rerun_ran_its_spark_jobs_on_the_cluster(self, daily_runs):
+        apps = sorted((app["name"], app["cores"]) for app in daily_runs["cluster_apps"])
+        assert apps == [("churn-build-features", 2), ("churn-score", 2)]
+
     def test_predictions_identical(self, daily_runs):
         import pandas as pd
 

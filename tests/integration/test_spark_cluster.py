@@ -50,6 +50,11 @@ def submit(cluster, package: Path, job: str, *args: str) -> str:
     return done.stdout + done.stderr
 
 
+def cores_by_name(cluster) -> dict[str, int]:
+    """The cores each completed application was given, by application name."""
+    return {app["name"]: app["cores"] for app in cluster.completed_apps().values()}
+
+
 @pytest.fixture(scope="module")
 def package(tmp_path_factory) -> Path:
     return build_package_zip(tmp_path_factory.mktemp("pyfiles"))
@@ -74,7 +79,7 @@ class TestFeaturesOnTheCluster:
     def test_ran_on_the_cluster_executors(self, built, spark_cluster):
         assert "StandaloneSchedulerBackend" in built["log"]
         # both one-core workers gave the application an executor
-        assert spark_cluster.completed_apps()["churn-build-features"] == 2
+        assert cores_by_name(spark_cluster)["churn-build-features"] == 2
 
     @pytest.mark.parametrize(("area", "table"), AREAS)
     def test_partitions_identical_to_local(self, built, area, table):
@@ -115,4 +120,4 @@ class TestScoringOnTheCluster:
                              for root in roots.values())
         assert len(on_cluster) == len(frame)
         assert on_cluster.equals(local)
-        assert spark_cluster.completed_apps()["churn-score"] == 2
+        assert cores_by_name(spark_cluster)["churn-score"] == 2

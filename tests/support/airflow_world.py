@@ -35,9 +35,12 @@ class World:
         """A run conf (JSON) with the e2e spec and 2 Tune trials, plus `extra`."""
         return json.dumps({"dataset_spec": str(E2E_SPEC), "tune_trials": 2, **extra})
 
-    def airflow(self, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
-        """Run an `airflow` CLI command in this world; raises with its log tail on failure."""
-        done = subprocess.run([AIRFLOW, *args], env=self.env, capture_output=True, text=True,
+    def airflow(self, *args: str, timeout: float | None = None,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run an `airflow` CLI command in this world (`env`: variables set for this command
+        only, e.g. another `spark_default`); raises with its log tail on failure."""
+        done = subprocess.run([AIRFLOW, *args], env={**self.env, **(env or {})},
+                              capture_output=True, text=True,
                               timeout=timeout or self.command_timeout_s)
         if done.returncode != 0:
             raise AssertionError(f"airflow {' '.join(args)} exited {done.returncode}:\n"

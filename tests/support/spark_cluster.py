@@ -36,14 +36,17 @@ class SparkCluster:
         with urllib.request.urlopen(self.status_url, timeout=10) as reply:
             return json.load(reply)
 
-    def completed_apps(self) -> dict[str, int]:
-        """Names of the applications that ran to the end here, with the cores each was given."""
-        return {app["name"]: app["cores"] for app in self.status()["completedapps"]}
+    def completed_apps(self) -> dict[str, dict]:
+        """The applications that ran to the end here, by id: their `name` and `cores`."""
+        return {app["id"]: {"name": app["name"], "cores": app["cores"]}
+                for app in self.status()["completedapps"]}
 
-    def airflow_connection(self) -> str:
-        """`AIRFLOW_CONN_SPARK_DEFAULT` pointing spark-submit tasks at this master."""
-        return json.dumps({"conn_type": "spark", "host": "spark://127.0.0.1", "port": self.port,
-                           "extra": {"deploy-mode": "client"}})
+    def airflow_env(self) -> dict[str, str]:
+        """What an Airflow worker needs to run its spark-submit tasks here: `spark_default`
+        pointing at this master (client deploy mode) and the client conf dir."""
+        connection = json.dumps({"conn_type": "spark", "host": "spark://127.0.0.1",
+                                 "port": self.port, "extra": {"deploy-mode": "client"}})
+        return {"AIRFLOW_CONN_SPARK_DEFAULT": connection, **self.client_env()}
 
     def client_env(self) -> dict[str, str]:
         """What a spark-submit client needs besides the master: the script's client conf dir."""
