@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -33,13 +34,15 @@ def mounts(service: dict) -> dict[str, str]:
 
 class TestServices:
     def test_all_components_present(self, services):
-        assert set(services) == {"postgres", "airflow-init", "ray-head", *AIRFLOW_SERVICES}
+        assert set(services) == {"postgres", "airflow-init", "ray-head", "spark-master",
+                                 "spark-worker", *AIRFLOW_SERVICES}
 
     @pytest.mark.parametrize("name", AIRFLOW_SERVICES)
     def test_airflow_component_command(self, services, name):
         assert services[name]["command"] == AIRFLOW_COMMANDS[name]
 
-    @pytest.mark.parametrize("name", ["postgres", "ray-head", *AIRFLOW_SERVICES])
+    @pytest.mark.parametrize("name", ["postgres", "ray-head", "spark-master", "spark-worker",
+                                      *AIRFLOW_SERVICES])
     def test_long_running_services_have_healthchecks(self, services, name):
         check = services[name]["healthcheck"]
         assert check["test"][0] in ("CMD", "CMD-SHELL")
@@ -47,7 +50,8 @@ class TestServices:
 
     def test_images(self, services):
         assert services["postgres"]["image"].startswith("postgres:")
-        for name in (*AIRFLOW_SERVICES, "airflow-init", "ray-head"):
+        for name in (*AIRFLOW_SERVICES, "airflow-init", "ray-head", "spark-master",
+                     "spark-worker"):
             assert services[name]["image"] == "churn-pipeline:latest", name
             assert services[name]["build"] == ".", name
 
@@ -60,6 +64,26 @@ class TestServices:
     def test_ports_bound_to_loopback(self, services):
         assert services["airflow-apiserver"]["ports"] == ["127.0.0.1:8080:8080"]
         assert services["ray-head"]["ports"] == ["127.0.0.1:8265:8265"]
+        assert services["spark-master"]["ports"] == ["127.0.0.1:8090:8090"]
+
+
+class TestSparkCluster:
+    def test_workers_join_the_master_airflow_submits_to(self, services):
+        master = services["spark-master"]["command"][-1]
+        assert "org.apache.spark.deploy.master.Master --host spark-master --port 7077" in master
+        worker = services["spark-worker"]
+        assert worker["command"][-1].endswith("spark://spark-master:7077")
+        assert worker["depends_on"]["spark-master"]["condition"] == "service_healthy"
+        assert worker["deploy"]["replicas"] == "${SPARK_WORKERS:-2}"
+
+    def test_executors_see_the_drivers_data_paths(self, services):
+        assert mounts(services["spark-worker"])["./data"] == (
+            mounts(services["airflow-scheduler"])["./data"])
+
+    def test_scheduler_waits_for_the_master(self, services):
+        depends = services["airflow-scheduler"]["depends_on"]
+        assert depends["spark-master"]["condition"] == "service_healthy"
+        assert depends["postgres"]["condition"] == "service_healthy"
 
 
 class TestMountsAndEnv:
@@ -74,7 +98,9 @@ class TestMountsAndEnv:
 
     def test_connections_preconfigured(self, services):
         env = services["airflow-scheduler"]["environment"]
-        assert '"host": "local[*]"' in env["AIRFLOW_CONN_SPARK_DEFAULT"]
+        spark = json.loads(env["AIRFLOW_CONN_SPARK_DEFAULT"])
+        assert (spark["host"], spark["port"], spark["extra"]["deploy-mode"]) == (
+            "spark://spark-master", 7077, "client")
         assert '"host": "ray-head"' in env["AIRFLOW_CONN_RAY_DEFAULT"]
         assert "${RAY_AUTH_TOKEN" in env["AIRFLOW_CONN_RAY_DEFAULT"]
 
