@@ -15,7 +15,7 @@ must be given a logical date (the day to process); one without fails at its firs
 4. **train**: Ray Tune + XGBoost (`ray_jobs/train.py`) through the Ray Jobs API (deferrable).
 5. **gate**: the registry's promotion gate: promote the new version or keep the champion (reason
    in the log and XCom).
-6. **check_champion** → **score**: Spark pandas-UDF scoring with the champion. No champion yet
+6. **check_champion** → **score**: Spark vectorized-UDF scoring with the champion. No champion yet
    (first days) or `params.skip_scoring`: scoring is skipped with a message; the run succeeds.
 7. **publish**: `runs/ds=…/manifest.json` and an event on the `churn_predictions` asset.
 

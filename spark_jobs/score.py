@@ -1,9 +1,9 @@
-"""spark-submit entry point: score one day's features with a registry model (pandas UDF).
+"""spark-submit entry point: score one day's features with a registry model (vectorized UDF).
 
     spark-submit spark_jobs/score.py --root R --spec S --ds D [--model-uri URI]
 
 Reads `features/ds=D`, aligns the columns by the feature names stored with the model (a missing
-feature fails the job, extra columns are ignored), scores them through `mapInPandas` (model UBJ
+feature fails the job, extra columns are ignored), scores them through `mapInArrow` (model UBJ
 bytes broadcast, booster built once per Python worker) and writes `predictions/ds=D`
 atomically, then the `runs/ds=D/score.json` fragment. Without `--model-uri` the registry's
 champion scores; with no champion the job exits with `EXIT_NO_CHAMPION` and the message
@@ -22,7 +22,7 @@ from churn.champion import champion_uri
 from churn.cli import job_parser
 from churn.registry import ModelArtifact, check_version_uri, load_model_dir
 from churn.scoring import SCORES_DDL, batch_scorer, check_features
-from churn.spark import build_session, to_spark_uri
+from churn.spark import DEFAULT_ARROW_BATCH_SIZE, build_session, to_spark_uri
 from churn.spec import load_spec
 from churn.storage import Layout, atomic_partition, check_staged_rows, validate_ds
 
@@ -40,8 +40,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-uri", default=None,
                         help="models/<name>/<version> dir (default: the registry's champion)")
     parser.add_argument("--master", default=None, help="Spark master (default: spark-submit's)")
-    parser.add_argument("--arrow-batch-size", type=int, default=10_000,
-                        help="rows per Arrow batch handed to the pandas UDF")
+    parser.add_argument("--arrow-batch-size", type=int, default=DEFAULT_ARROW_BATCH_SIZE,
+                        help="rows per Arrow batch handed to the scoring UDF")
     return parser.parse_args(argv)
 
 
@@ -84,7 +84,7 @@ def score_features(features, artifact: ModelArtifact, model_bytes_broadcast, *, 
     needed = features.select(id_column, *artifact.schema.features)
     scorer = batch_scorer(lambda: model_bytes_broadcast.value, artifact.schema.to_json(),
                           id_column=id_column)
-    return needed.mapInPandas(scorer, schema=SCORES_DDL).select(
+    return needed.mapInArrow(scorer, schema=SCORES_DDL).select(
         "customer_id", "churn_probability",
         F.lit(artifact.version).alias("model_version"), F.lit(ds).alias("ds"))
 

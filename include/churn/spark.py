@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 LOCAL_SHUFFLE_PARTITIONS = 8
-DEFAULT_ARROW_BATCH_SIZE = 10_000
+DEFAULT_ARROW_BATCH_SIZE = 50_000
 DEFAULT_LOG_LEVEL = "WARN"
 LOG_LEVEL_ENV = "CHURN_SPARK_LOG_LEVEL"
 _CREDENTIALS_PROVIDER = (
@@ -72,7 +72,7 @@ def session_conf(master: str | None, arrow_batch_size: int | None,
 
     Args:
         master: the master the session runs on (None: unknown, treated as a cluster).
-        arrow_batch_size: rows per Arrow batch for pandas UDFs (None: the default).
+        arrow_batch_size: rows per Arrow batch for vectorized UDFs (None: the default).
         env: the process environment: `SPARK_LOCAL_IP`, `AWS_ENDPOINT_URL` and
             `PYSPARK_PYTHON` are read from it.
 
@@ -125,7 +125,7 @@ def build_session(
     Args:
         app_name: the application name shown in the Spark UI and logs.
         master: an explicit master; None picks `SPARK_MASTER`, the launcher's, or `local[*]`.
-        arrow_batch_size: rows per Arrow batch for pandas UDFs.
+        arrow_batch_size: rows per Arrow batch for vectorized UDFs.
         extra_conf: more settings, applied last (they win).
 
     Returns:

@@ -28,7 +28,7 @@ ROWS = 240
 
 @contextmanager
 def arrow_batch_rows(spark, rows: int) -> Iterator[None]:
-    """Hand the pandas UDFs Arrow batches of `rows` rows for the duration of the block."""
+    """Hand the scoring UDF Arrow batches of `rows` rows for the duration of the block."""
     key = "spark.sql.execution.arrow.maxRecordsPerBatch"
     previous = spark.conf.get(key)
     spark.conf.set(key, str(rows))

@@ -1,4 +1,4 @@
-"""Pure-pandas scoring (the pandas-UDF body), without Spark."""
+"""Scoring on Arrow batches and pandas frames (the Spark UDF's body), without Spark."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from churn import scoring
@@ -35,6 +36,11 @@ def _direct_predict(booster, frame: pd.DataFrame) -> np.ndarray:
     dmatrix = xgboost.DMatrix(matrix.astype(np.float32),
                               feature_names=["events_7d", "amount_30d", "age", "plan"])
     return booster.predict(dmatrix)
+
+
+def arrow_batches(frame: pd.DataFrame, rows: int) -> list[pa.RecordBatch]:
+    """The frame as Spark hands it to `mapInArrow`: record batches of at most `rows` rows."""
+    return pa.Table.from_pandas(frame, preserve_index=False).to_batches(max_chunksize=rows)
 
 
 class TestScoreFrame:
@@ -100,13 +106,25 @@ class TestBatches:
     def test_batches_concatenate_to_the_whole_frame_score(self, frame, model):
         booster, schema = model
         model_bytes = bytes(booster.save_raw("ubj"))
-        batches = [frame.iloc[i:i + 64] for i in range(0, len(frame), 64)]
+        batches = arrow_batches(frame, 64)
         scorer = scoring.batch_scorer(lambda: model_bytes, schema.to_json(), id_column=ID_COLUMN)
-        got = pd.concat(list(scorer(iter(batches))), ignore_index=True)
+        got = pa.Table.from_batches(list(scorer(iter(batches)))).to_pandas()
         expected = scoring.score_frame(booster, schema, frame, id_column=ID_COLUMN,
-                                       model_version=VERSION, ds=DS)[["customer_id", "churn_probability"]]
+                                       model_version=VERSION, ds=DS)
+        expected = expected[["customer_id", "churn_probability"]]
         assert len(batches) == 5
         pd.testing.assert_frame_equal(got, expected, rtol=1e-6)
+
+    def test_integer_ids_come_back_as_strings_and_a_missing_feature_is_named(self, frame,
+                                                                              model):
+        booster, schema = model
+        model_bytes = bytes(booster.save_raw("ubj"))
+        numbered = frame.assign(**{ID_COLUMN: np.arange(len(frame)) + 1000})
+        scorer = scoring.batch_scorer(lambda: model_bytes, schema.to_json(), id_column=ID_COLUMN)
+        (scored,) = list(scorer(iter(arrow_batches(numbered.head(10), 10))))
+        assert scored.column("customer_id").to_pylist() == [str(i) for i in range(1000, 1010)]
+        with pytest.raises(MissingFeatureError, match="plan"):
+            list(scorer(iter(arrow_batches(frame.drop(columns="plan"), 50))))
 
     def test_booster_is_built_once_per_process(self, frame, model, monkeypatch):
         booster, schema = model
@@ -119,7 +137,7 @@ class TestBatches:
             return load_booster(data)
 
         monkeypatch.setattr(scoring, "load_booster", counting_load_booster)
-        batches = [frame.iloc[i:i + 100] for i in range(0, len(frame), 100)]
+        batches = arrow_batches(frame, 100)
         scorer = scoring.batch_scorer(lambda: model_bytes, schema.to_json(), id_column=ID_COLUMN)
         for _ in range(2):  # two partitions handled by the same worker
             assert len(list(scorer(iter(batches)))) == len(batches) == 3
