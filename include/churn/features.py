@@ -5,10 +5,9 @@ reduced to the stored daily activity (`activity_rows`, written once per raw day 
 `activity/events/ds=…`): per (customer, day) a total row and one row per event type, each with
 its event count and value sum. Windows are built from those rows alone: pivoted to one row per
 (customer, day) (`daily_activity`), then for every (customer, feature day) of the population,
-windows over the day numbers (`rangeBetween(-(w - 1), 0)`) sum them. One pass serves a whole
-range, and a row of day D only ever sees rows dated <= D, so adding later rows cannot change an
-earlier day. A single day (the daily run) skips the pivot and the window sort: one aggregation
-per customer over the longest window's rows (`one_day_window_features`), same values.
+windows over the day numbers (`rangeBetween(-(w - 1), 0)`) sum them. One pass serves one day or a
+whole range, and a row of day D only ever sees rows dated <= D, so adding later rows cannot
+change an earlier day.
 
 Feature columns are fixed by the spec (windows x event types), so every day has the same schema:
 - `n_events_{w}d`, `n_{type}_{w}d`: event counts (long); `sum_{value}_{w}d`,
@@ -251,57 +250,6 @@ def window_features(daily: DataFrame, probes: DataFrame, spec: DatasetSpec,
     return _with_trend(windowed, spec)
 
 
-def one_day_window_features(activity: DataFrame, probes: DataFrame | None, spec: DatasetSpec,
-                            types: Sequence[str], ds: str) -> DataFrame:
-    """`window_features` of one feature day, as one aggregation of the stored activity rows.
-
-    A daily run needs one day. The window path sorts each customer's daily rows and evaluates
-    every frame at every row (180 per customer with a 180-day window) to keep one; here each
-    activity row of the longest window adds to the sums whose window holds it, partially
-    aggregated before the shuffle. The values are the same, but for the order of float sums.
-
-    Args:
-        activity: `activity_rows` rows (days outside the longest window are ignored).
-        probes: the snapshot population `[id, _day]` of `ds`, or None: the customers with
-            activity in the longest window (the activity population).
-        spec: the dataset spec.
-        types: the event types with their own columns.
-        ds: the feature day.
-
-    Returns:
-        `[id, _day, <window, recency and trend features>]`, one row per population member.
-    """
-    from pyspark.sql import functions as F
-
-    ev, idc, longest = spec.events, spec.id_column, spec.events.longest_window
-    age = F.lit(ds_day_number(ds)) - day_number(F.col("ds"))
-    kinds = [("events", "event", F.col(TYPE).isNull())] + [
-        (safe_name(t), safe_name(t), F.col(TYPE) == F.lit(t)) for t in types]
-    aggs, empty = [], {}
-    for w in ev.windows_days:
-        for name, _, of_kind in kinds:
-            inside = of_kind & (age < w)
-            aggs.append(F.sum(F.when(inside, F.col(COUNT)).otherwise(0)).cast("long")
-                        .alias(f"n_{name}_{w}d"))
-            empty[f"n_{name}_{w}d"] = F.lit(0).cast("long")
-            if ev.value:
-                summed = f"sum_{ev.value}{'' if name == 'events' else f'_{name}'}_{w}d"
-                aggs.append(F.sum(F.when(inside, F.col(VALUE)).otherwise(0.0)).alias(summed))
-                empty[summed] = F.lit(0.0)
-    for _, name, of_kind in kinds:
-        last = F.min(F.when(of_kind & (F.col(COUNT) > 0), age))
-        aggs.append(F.coalesce(last, F.lit(longest)).cast("double").alias(
-            f"days_since_last_{name}"))
-        empty[f"days_since_last_{name}"] = F.lit(float(longest))
-    windowed = (activity.where(age.between(0, longest - 1)).groupBy(idc).agg(*aggs)
-                .withColumn(DAY, F.lit(ds_day_number(ds))))
-    if probes is not None:
-        joined = probes.join(windowed.drop(DAY), idc, "left")
-        windowed = joined.select(idc, DAY, *(F.coalesce(F.col(n), zero).alias(n)
-                                             for n, zero in empty.items()))
-    return _with_trend(windowed, spec)
-
-
 def _with_trend(frame: DataFrame, spec: DatasetSpec) -> DataFrame:
     from pyspark.sql import functions as F
 
@@ -358,14 +306,9 @@ def build_features(spec: DatasetSpec, days: Iterable[str], activity: DataFrame |
     from pyspark.sql import functions as F
 
     days = sorted(set(days))
-    if spec.events and len(days) == 1:  # a daily run: one aggregation, no window sort
-        probes = (snapshot_population(customers, spec, days) if spec.customers is not None
-                  else None)
-        frame = one_day_window_features(activity, probes, spec, types, days[0])
-    else:
-        daily = daily_activity(activity, spec, types) if spec.events else None
-        probes = population(spec, days, customers, daily)
-        frame = window_features(daily, probes, spec, types) if spec.events else probes
+    daily = daily_activity(activity, spec, types) if spec.events else None
+    probes = population(spec, days, customers, daily)
+    frame = window_features(daily, probes, spec, types) if spec.events else probes
     if spec.customers is not None:
         snap = snapshot_features(customers.where(F.col("_ds").isin(days)), spec)
         frame = frame.join(snap, [spec.id_column, DAY], "left")
