@@ -132,6 +132,8 @@ def score_batches(batches: Iterable[pa.RecordBatch], model_bytes: bytes, schema:
     """
     booster = cached_booster(model_bytes)
     for batch in batches:
+        # Select what is there, so a missing feature fails in `to_matrix` with the schema's own
+        # MissingFeatureError naming it, not with Arrow's bare KeyError.
         present = [name for name in schema.features if name in batch.schema.names]
         probabilities = predict_proba(booster, schema, batch.select(present).to_pandas())
         yield pa.RecordBatch.from_arrays(
